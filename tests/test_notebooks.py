@@ -1,0 +1,86 @@
+"""The notebooks: generated from solutions/, graded as intended, and runnable top to bottom."""
+import json
+import os
+
+import nbformat
+import pytest
+
+from bertlab import course
+
+SOLUTIONS = course.notebook_paths("solutions")
+RELEASED = course.notebook_paths("notebooks")
+IDS = [p.parent.name for p in SOLUTIONS]
+
+
+def _normalised(path):
+    """The parts of a notebook that matter: cell types, sources and nbgrader metadata."""
+    nb = nbformat.read(path, as_version=4)
+    return [
+        {"type": c.cell_type, "source": c.source, "nbgrader": c.metadata.get("nbgrader", {}),
+         "outputs": c.get("outputs", [])}
+        for c in nb.cells
+    ]
+
+
+def test_there_are_notebooks():
+    assert "00-welcome" in IDS
+
+
+def test_student_notebooks_are_what_nbgrader_generates(tmp_path):
+    released = sorted(p.name for p in (course.ROOT / "notebooks").iterdir() if p.is_dir())
+    assert released == IDS, f"notebooks/ and solutions/ hold different assignments: {released} vs {IDS}"
+    for fresh in course.release(release_dir=tmp_path):
+        committed = course.ROOT / "notebooks" / fresh.parent.name / fresh.name
+        assert committed.is_file(), f"{committed} is missing: run 'make release'"
+        a, b = _normalised(committed), _normalised(fresh)
+        assert len(a) == len(b), f"{committed.name}: {len(a)} cells, nbgrader generates {len(b)}: run 'make release'"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert x == y, f"{committed.name} cell {i} differs from what nbgrader generates: run 'make release'"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS + RELEASED, ids=[f"solutions/{i}" for i in IDS] + [f"notebooks/{i}" for i in IDS])
+def test_committed_without_outputs(path):
+    nb = json.loads(path.read_text())
+    dirty = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
+    assert not dirty, f"{path.name}: cells {dirty} have outputs or execution counts; clear them before committing"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=IDS)
+def test_each_exercise_has_visible_and_hidden_tests(path):
+    nb = nbformat.read(path, as_version=4)
+    graded = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    solutions = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")]
+    assert graded and solutions, f"{path.name} has no graded exercise"
+    for c in graded:
+        gid = c.metadata["nbgrader"]["grade_id"]
+        assert c.metadata["nbgrader"].get("locked"), f"{gid}: test cells must be read-only"
+        visible = c.source.split("### BEGIN HIDDEN TESTS")[0]
+        assert "assert" in visible, f"{gid}: no visible assertion"
+    assert any("### BEGIN HIDDEN TESTS" in c.source for c in graded), f"{path.name}: no hidden tests"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SOLUTIONS, ids=IDS)
+def test_solution_validates(path):
+    result = course.validate(path)
+    assert result == {}, f"nbgrader validate fails on the solution {path.name}: {json.dumps(result, indent=1)[:3000]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", RELEASED, ids=IDS)
+def test_every_graded_test_fails_on_the_student_version(path):
+    result = course.validate(path, invert=True)
+    passed = [r["source"].splitlines()[0] for r in result.get("passed", [])]
+    assert "changed" not in result and "type_changed" not in result, result
+    assert not passed, f"{path.name}: these graded tests pass on the unsolved stub: {passed}"
+
+
+@pytest.mark.slow
+def test_every_solution_runs_top_to_bottom(tmp_path, capsys):
+    """What a learner runs: each notebook in full (NBGRADER_EXECUTION unset), in a fresh kernel."""
+    assert "NBGRADER_EXECUTION" not in os.environ
+    with capsys.disabled():  # the table of wall times is the course's own benchmark: show it
+        print()
+        results = course.run_course(SOLUTIONS, out_dir=tmp_path)
+    failed = {r.notebook: r.error for r in results if not r.ok}
+    assert not failed, f"notebooks failed: {failed}"
