@@ -34,16 +34,20 @@ def notebook_paths(folder: str, root: Path = ROOT) -> list[Path]:
     return [Path(root) / folder / a / f"{a}.ipynb" for a in assignments(root)]
 
 
-def release(root: Path = ROOT, release_dir: Path | None = None) -> list[Path]:
-    """Generate the student version of every assignment with nbgrader.
+def release(root: Path = ROOT, release_dir: Path | None = None, names: list[str] | None = None) -> list[Path]:
+    """Generate the student version of every assignment (or of ``names``) with nbgrader.
 
     Writes into ``root/notebooks`` unless ``release_dir`` is given (used by the drift
     test to regenerate into a temporary folder). No gradebook is touched (--no-db).
     """
     root = Path(root).resolve()
     out = Path(release_dir).resolve() if release_dir else root / "notebooks"
+    known = assignments(root)
+    unknown = sorted(set(names or []) - set(known))
+    if unknown:
+        raise ValueError(f"names: no such assignment {unknown}; the course has {known}")
     written = []
-    for name in assignments(root):
+    for name in names or known:
         cmd = [
             sys.executable, "-m", "nbgrader", "generate_assignment", name,
             "--force", "--no-db", "--log-level=WARN",
@@ -156,14 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bertlab.course", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("release", help="regenerate notebooks/ from solutions/ with nbgrader")
+    rel = sub.add_parser("release", help="regenerate notebooks/ from solutions/ with nbgrader")
+    rel.add_argument("names", nargs="*", help="assignments to release (default: all)")
     run = sub.add_parser("run", help="execute notebooks and print their wall times")
     run.add_argument("targets", nargs="*", default=["solutions"],
                      help="'solutions', 'notebooks' or notebook paths (default: solutions)")
     run.add_argument("--timeout", type=int, default=900, help="per-cell timeout in seconds")
     args = parser.parse_args(argv)
     if args.command == "release":
-        for p in release():
+        for p in release(names=args.names or None):
             print(f"released {p.relative_to(ROOT)}")
         return 0
     paths: list[Path] = []

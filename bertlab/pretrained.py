@@ -135,6 +135,13 @@ def load_tokenizer(name: str | None = None, **kwargs):
     return tok
 
 
+def load_config(name: str | None = None, **kwargs):
+    """The checkpoint's ``transformers`` configuration (offline-first, like the loaders)."""
+    from transformers import AutoConfig
+
+    return _load(AutoConfig, name, **kwargs)
+
+
 def load_encoder(name: str | None = None, **kwargs):
     """The pretrained encoder as a ``transformers.BertModel`` (or AutoModel) in eval mode."""
     from transformers import AutoModel
