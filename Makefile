@@ -7,7 +7,10 @@ PIP := $(BIN)/python -m pip
 # Exact, known-good versions; pyproject.toml keeps the ranges.
 CONSTRAINTS := constraints.txt
 STAMP := $(VENV)/.installed
-JOBS ?= 2
+# e.g. make lab LAB_ARGS="--no-browser --port=8890" on a remote machine
+LAB_ARGS ?=
+# Jupyter refuses to run as root unless told; containers and workshop VMs often are root.
+ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: setup lab test test-fast course release validate lock clean
 
@@ -26,7 +29,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 # Set up, then open JupyterLab on the course.
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=. notebooks/00-welcome/00-welcome.ipynb
+	$(BIN)/jupyter lab --notebook-dir=. $(ROOT_ARGS) $(LAB_ARGS) notebooks/00-welcome/00-welcome.ipynb
 
 # Set up, then run every test (package, data, notebooks, grading round trip).
 test: setup
