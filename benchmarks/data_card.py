@@ -217,10 +217,12 @@ def render(card, splits) -> str:
     for fab, f in card["fabs"].items():
         sz = f["sizes"]
         out.append(f"| {fab} | {FAB_STYLES[fab].description} | {sz['train']} / {sz['validation']} / {sz['test']} |")
-    out += ["", "Example reports (test split, first of each fab):", ""]
+    out += ["", "Example reports (test split, first of each fab) with their clean labels (failure type, "
+            "severity, root cause, action; an annotator's differing label in brackets):", ""]
     for fab in FABS:
         r = splits[fab].test[0]
-        out.append(f"- **{fab}** ({r.failure_type}, {r.severity}, {r.root_cause}, {r.action}): {r.text}")
+        labels = ", ".join(getattr(r, "clean_" + t) + (f" [{getattr(r, t)}]" if t in r.noisy else "") for t in TASKS)
+        out.append(f"- **{fab}** ({labels}): {r.text}")
 
     out += ["", "## Label distribution (training split)", ""]
     for task in TASKS:
