@@ -52,6 +52,10 @@ def save_state(state: dict[str, torch.Tensor], path: Path, metadata: dict | None
     try:
         tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+        # mkstemp makes the file private (0600); a cache shared on a JupyterHub must stay readable.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -43,3 +43,12 @@ def test_bad_arguments():
         cache.key("no spaces please", {})
     with pytest.raises(TypeError, match="config must be a dict"):
         cache.key("head", [1, 2])
+
+
+def test_entries_are_readable_by_others_as_the_umask_allows(tmp_path):
+    import os
+
+    path = cache.save_state({"w": torch.zeros(2)}, tmp_path / "x.safetensors")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
