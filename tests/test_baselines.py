@@ -1,0 +1,164 @@
+"""The baselines and the comparison harness: budgets, the metric table, the grid and its cache."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bertlab import baselines, cache, train
+from bertlab.model import BertConfig, BertModel
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------- the label budget
+
+
+def test_stratified_budget_keeps_each_class_share():
+    labels = [0] * 50 + [1] * 30 + [2] * 20  # shares 0.5, 0.3, 0.2
+    picked = baselines.stratified_budget(labels, 7, seed=0)
+    # exact shares 3.5, 2.1, 1.4 -> floors 3, 2, 1 (6); the one slot left goes to the largest remainder (class 0)
+    assert np.bincount(np.asarray(labels)[picked]).tolist() == [4, 2, 1]
+    assert len(picked) == len(set(picked)) == 7 and picked == sorted(picked)
+    # a tie of remainders (2.5, 1.5, 1.0 -> 2, 1, 1 + one slot) goes to the smaller class id
+    assert np.bincount(np.asarray(labels)[baselines.stratified_budget(labels, 5, seed=3)]).tolist() == [3, 1, 1]
+
+
+def test_stratified_budget_random_labels_floor_or_ceil():
+    labels = np.random.default_rng(0).integers(0, 8, 997)
+    counts = np.bincount(labels)
+    for budget in (8, 50, 333, 996):
+        got = np.bincount(labels[baselines.stratified_budget(labels, budget, seed=1)], minlength=8)
+        exact = budget * counts / len(labels)
+        assert got.sum() == budget
+        assert np.all((got == np.floor(exact)) | (got == np.ceil(exact))), (budget, got, exact)
+
+
+def test_stratified_budget_is_seeded():
+    labels = np.arange(300) % 3
+    a, b, c = (baselines.stratified_budget(labels, 30, seed=s) for s in (0, 0, 1))
+    assert a == b and a != c
+    assert baselines.stratified_budget(labels, 300, seed=5) == list(range(300))
+    for bad in (0, 301, 2.5, True):
+        with pytest.raises(ValueError, match=r"budget must be an int in 1..len\(labels\) \(300\)"):
+            baselines.stratified_budget(labels, bad)
+
+
+# ---------------------------------------------------------------- the table and the grid
+
+
+def test_summarize_mean_std_and_seeds():
+    runs = [{"model": "a", "budget": 50, "seed": s, "macro_f1": v} for s, v in enumerate([0.2, 0.4, 0.9])]
+    runs += [{"model": "a", "budget": 100, "seed": 0, "macro_f1": 0.5}]
+    table = baselines.summarize(runs)
+    assert table.loc[("a", 50), "mean"] == pytest.approx(0.5)
+    assert table.loc[("a", 50), "std"] == pytest.approx(np.std([0.2, 0.4, 0.9], ddof=1))
+    assert table.loc[("a", 50), "seeds"] == 3
+    assert np.isnan(table.loc[("a", 100), "std"]), "one seed has no sample standard deviation"
+    with pytest.raises(ValueError, match=r"lacks the columns \['accuracy'\]"):
+        baselines.summarize(runs, metric="accuracy")
+
+
+def test_run_grid_calls_each_run_once_and_caches(monkeypatch, tmp_path):
+    monkeypatch.setenv(cache.ENV_VAR, str(tmp_path))
+    labels = [0, 1] * 20
+    calls = []
+
+    def model(indices, seed):
+        calls.append((len(indices), seed))
+        return {"macro_f1": len(indices) / 100 + seed}
+
+    first = baselines.run_grid({"m": model}, labels, [4, 10], [0, 1], cache_config={"data": "toy"}, progress=False)
+    assert sorted(calls) == [(4, 0), (4, 1), (10, 0), (10, 1)]
+    second = baselines.run_grid({"m": model}, labels, [4, 10], [0, 1], cache_config={"data": "toy"}, progress=False)
+    assert len(calls) == 4, "cached runs are not recomputed"
+    assert [r["macro_f1"] for r in first] == [r["macro_f1"] for r in second] == [0.04, 1.04, 0.1, 1.1]
+    assert not any(r["cached"] for r in first) and all(r["cached"] for r in second)
+    baselines.run_grid({"m": model}, labels, [4], [2], cache_config={"data": "toy"}, progress=False)
+    assert len(calls) == 5, "a missing seed is computed"
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+    with pytest.raises(ValueError, match="seeds is empty"):
+        baselines.run_grid({"m": model}, labels, [4], [], progress=False)
+
+
+# ---------------------------------------------------------------- the models
+
+
+def test_tfidf_logreg_learns_words_and_counts_parameters():
+    texts = ["vdd droop on core", "core voltage droop", "clock jitter high", "pll jitter on clock"] * 5
+    labels = [0, 0, 1, 1] * 5
+    model = baselines.tfidf_logreg(seed=0).fit(texts, labels)
+    assert model.predict(["droop at vdd", "jitter seen"]).tolist() == [0, 1]
+    vocab = len(model[0].vocabulary_)
+    assert baselines.tfidf_parameters(model) == vocab + 1, "binary: one weight per feature and a bias"
+    with pytest.raises(ValueError, match="C must be a number > 0"):
+        baselines.tfidf_logreg(C=0)
+
+
+def test_word_vocab():
+    vocab = baselines.WordVocab(["VDD_CORE droop, 0.91V", "droop again"])
+    assert vocab.split("VDD_CORE droop, 0.91V at -40°C on DUT_1070") == \
+        ["vdd_core", "droop", ",", "0.00v", "at", "-", "00°c", "on", "dut_0000"]
+    data = vocab.encode(["droop unseen", ""], [1, 0])
+    assert data.input_ids[0] == [vocab.ids["droop"], vocab.UNK]
+    assert data.input_ids[1] == [vocab.UNK], "an empty text becomes one unknown word, not an empty sequence"
+    with pytest.raises(ValueError, match="texts is empty"):
+        baselines.WordVocab([])
+
+
+def test_bilstm_shape_parameters_and_padding_invariance():
+    torch.manual_seed(0)
+    model = baselines.BiLSTMClassifier(vocab_size=50, num_labels=8).eval()
+    lstm = 2 * 4 * 256 * (300 + 256 + 2) + 2 * 4 * 256 * (512 + 256 + 2)  # 2 directions x 4 gates, 2 layers
+    assert train.count_parameters(model) == 50 * 300 + lstm + 512 * 8 + 8
+    data = train.TextDataset([[5, 6, 7, 8, 9], [10, 11]], [0, 1])
+    batch = data.collate([data[0], data[1]])
+    with torch.no_grad():
+        both = model(batch["input_ids"], batch["attention_mask"])
+        alone = model(torch.tensor([[10, 11]]), torch.tensor([[1, 1]]))
+    assert both.shape == (2, 8)
+    assert torch.allclose(both[1], alone[0], atol=1e-5), "padding must not change a report's logits"
+
+
+def test_bilstm_trains_with_the_course_loop():
+    g = torch.Generator().manual_seed(0)
+    ids = [torch.randint(2, 30, (int(torch.randint(4, 10, (1,), generator=g)),), generator=g).tolist() for _ in range(64)]
+    labels = [int(5 in x or 6 in x) for x in ids]  # is a "keyword" anywhere in the report?
+    data = train.TextDataset(ids, labels)
+    torch.manual_seed(0)
+    model = baselines.BiLSTMClassifier(30, 2, embed_dim=16, hidden_size=16)
+    train.fit(model, data, None, train.TrainConfig(lr=2e-2, epochs=10, batch_size=16, weight_decay=0.0), progress=False)
+    scores = train.evaluate(model, data)
+    assert scores["accuracy"] > 0.9, scores
+
+
+def tiny_bert():
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32,
+                     max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return BertModel(cfg).eval()
+
+
+def test_top_layers_on_frozen_states_equal_the_whole_model():
+    bert = tiny_bert()
+    data = train.TextDataset([[2, 5, 6, 7, 3], [2, 9, 3], [2, 4, 4, 4, 4, 8, 3]], [0, 1, 2])
+    states = baselines.frozen_states(bert, data, n_frozen=2, batch_size=2)
+    assert [tuple(s.shape) for s in states.states] == [(5, 16), (3, 16), (7, 16)]
+    top = baselines.TopLayersClassifier(bert, n_frozen=2, num_labels=3, dropout=0.0).eval()
+    assert len(top.layers) == 1 and top.layers[0] is not bert.encoder.layer[2], "the top layer is a copy"
+    batch = states.collate([states[i] for i in range(3)])
+    whole = data.collate([data[i] for i in range(3)])
+    with torch.no_grad():
+        got = top(batch["hidden_states"], batch["attention_mask"])
+        cls = bert(whole["input_ids"], whole["attention_mask"])[0][:, 0]  # (B, H)
+        expected = top.classifier(cls)
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    logits, labels = train.collect_logits(top, states, batch_size=2)
+    assert torch.allclose(logits, expected, atol=1e-5) and labels.tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"n_frozen must be an int in 0..2"):
+        baselines.frozen_states(bert, data, n_frozen=3)

@@ -1,0 +1,263 @@
+"""The training loop: schedule, parameter groups, clipping, early stopping, determinism, errors, the cache."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bertlab import cache, train
+from bertlab.model import BertConfig, BertModel
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models: a second thread only adds synchronisation (and, on a busy machine, waiting).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_classifier(seed=0, num_labels=3):
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=32)
+    return train.SequenceClassifier(BertModel(cfg), num_labels)
+
+
+def toy_data(n=48, seed=0):
+    """Random token ids; the label is the first token's id mod 3 (learnable, not trivial)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = [torch.randint(4, 40, (int(torch.randint(3, 12, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+    return train.TextDataset(ids, [x[0] % 3 for x in ids])
+
+
+def states_equal(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+# ---------------------------------------------------------------- schedule and optimizer
+
+
+@pytest.mark.parametrize("step, expected", [(0, 0.0), (1, 0.25), (2, 0.5), (4, 1.0), (7, 0.5), (9, 1 / 6), (10, 0.0), (13, 0.0)])
+def test_warmup_linear_values(step, expected):
+    assert train.warmup_linear(step, warmup_steps=4, total_steps=10) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("warmup, total", [(3, 12), (0, 5), (5, 5)])
+def test_scheduler_matches_transformers(warmup, total):
+    from transformers import get_linear_schedule_with_warmup
+
+    lrs = []
+    for make in (lambda o: train.linear_warmup_scheduler(o, warmup, total),
+                 lambda o: get_linear_schedule_with_warmup(o, warmup, total)):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        sched = make(opt)
+        seq = []
+        for _ in range(total + 2):
+            seq.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        lrs.append(seq)
+    assert lrs[0] == pytest.approx(lrs[1], abs=1e-12), f"ours {lrs[0]} vs transformers {lrs[1]}"
+
+
+def test_no_decay_group_is_exactly_biases_and_layernorm_weights():
+    model = tiny_classifier()
+    model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)  # frozen: in no group
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = train.param_groups(model, weight_decay=0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    got = {names[id(p)] for p in no_decay["params"]}
+    expected = {n for n, _ in model.named_parameters() if n.endswith(".bias") or n.endswith("LayerNorm.weight")}
+    assert got == expected
+    # 3 LayerNorms (embeddings, after attention, after the FFN) x (weight, bias) + 8 Linear biases
+    # (query, key, value, attention output, intermediate, output, pooler, classifier)
+    assert len(got) == 3 * 2 + 8
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert "encoder.embeddings.word_embeddings.weight" not in decayed | got
+    assert "classifier.weight" in decayed and "encoder.encoder.layer.0.attention.self.query.weight" in decayed
+    assert decayed | got | {"encoder.embeddings.word_embeddings.weight"} == set(names.values())
+
+
+def test_gradient_is_clipped_to_max_norm():
+    model = tiny_classifier()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = train.linear_warmup_scheduler(opt, 0, 10)
+    batch = toy_data(8).collate([toy_data(8)[i] for i in range(8)])
+    loss = train.train_step(model, batch, opt, sched, max_grad_norm=1e-3)
+    update = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
+    assert update.item() == pytest.approx(1e-3, rel=1e-3), "SGD with lr 1 moves the weights by exactly the clipped norm"
+    assert loss == pytest.approx(1.0986, abs=0.05), "loss of a fresh 3-class head is about ln 3"
+    assert all(p.grad is None for p in model.parameters()), "gradients are zeroed after the step"
+    assert sched.get_last_lr()[0] == pytest.approx(0.9), "the scheduler stepped once"
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_dynamic_padding_and_fixed_padding():
+    data = train.TextDataset([[5, 6, 7], [8], [9, 10]], [0, 1, 2])
+    batch = data.collate([data[0], data[1]])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [0, 1] and batch["index"].tolist() == [0, 1]
+    assert data.with_padding(6).collate([data[1]])["input_ids"].shape == (1, 6)
+    with pytest.raises(ValueError, match="pad_to=2 is shorter"):
+        data.with_padding(2)
+
+
+def test_encode_real_tokenizer_truncates_and_checks_labels():
+    from bertlab.pretrained import load_tokenizer
+
+    tok = load_tokenizer()
+    data = train.encode(tok, ["VDD droop at 85C " * 40, "ok"], [1, 0], max_length=16, num_labels=2)
+    assert [len(x) for x in data.input_ids] == [16, 3]
+    assert data.input_ids[1][0] == tok.cls_token_id and data.input_ids[1][-1] == tok.sep_token_id
+    with pytest.raises(ValueError, match=r"labels\[1\] is 2, out of range.*0\.\.1"):
+        train.encode(tok, ["a", "b"], [0, 2], num_labels=2)
+    with pytest.raises(ValueError, match="texts is empty"):
+        train.encode(tok, [])
+    with pytest.raises(ValueError, match="labels has 1 entries but texts has 2"):
+        train.encode(tok, ["a", "b"], [0])
+
+
+def test_collect_logits_restores_the_dataset_order():
+    model = tiny_classifier().eval()
+    data = toy_data(20)
+    logits, labels = train.collect_logits(model, data, batch_size=6)
+    assert labels.tolist() == data.labels
+    with torch.no_grad():
+        for i in (0, 7, 19):
+            alone = model(torch.tensor([data.input_ids[i]]))
+            assert torch.allclose(logits[i], alone[0], atol=1e-5), f"item {i} is out of place or wrongly padded"
+
+
+def test_classification_metrics_hand_computed():
+    logits = F.one_hot(torch.tensor([0, 1, 1, 1]), 3).float()
+    m = train.classification_metrics(logits, torch.tensor([0, 0, 1, 2]))
+    # F1 per class: 2/3 (tp 1, fn 1), 1/2 (tp 1, fp 2), 0 (fn 1)
+    assert m["accuracy"] == pytest.approx(0.5)
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def test_fit_learns_and_is_deterministic():
+    data = toy_data()
+    cfg = train.TrainConfig(lr=1e-2, epochs=6, batch_size=8, patience=None)
+    a, b, c = tiny_classifier(), tiny_classifier(), tiny_classifier()
+    ra = train.fit(a, data, data, cfg, progress=False)
+    train.fit(b, data, data, cfg, progress=False)
+    train.fit(c, data, data, train.TrainConfig(lr=1e-2, epochs=6, batch_size=8, patience=None, seed=1), progress=False)
+    assert states_equal(a, b), "two runs with one seed must give identical weights"
+    assert not states_equal(a, c), "another seed shuffles and drops out differently"
+    assert ra.history[-1]["val_accuracy"] > 0.9, ra.history
+    assert ra.history[-1]["train_loss"] < ra.history[0]["train_loss"]
+    assert len(ra.steps) == 6 * 6 and ra.steps[0]["lr"] == 0.0  # 48 / 8 batches per epoch; warm-up starts at 0
+    assert max(s["lr"] for s in ra.steps) == pytest.approx(1e-2)
+    assert not a.training, "fit leaves the model in eval mode"
+
+
+def test_early_stopping_on_a_scripted_validation_curve(monkeypatch, tmp_path):
+    curve = [0.5, 0.7, 0.6, 0.65, 0.9, 0.95]
+    snapshots = []
+
+    def scripted(model, data, **kw):
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"loss": 1.0, "accuracy": 0.0, "macro_f1": curve[len(snapshots) - 1]}
+
+    monkeypatch.setattr(train, "evaluate", scripted)
+    model, data = tiny_classifier(), toy_data(16)
+    ckpt = tmp_path / "best.safetensors"
+    result = train.fit(model, data, data, train.TrainConfig(lr=1e-2, epochs=6, batch_size=8, patience=2),
+                       checkpoint=ckpt, progress=False)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4], "2 epochs without improvement after epoch 2"
+    assert result.stopped_early and result.best_epoch == 2 and result.best_score == 0.7
+    saved, meta = cache.load_state(ckpt)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, snapshots[1][name]), f"{name}: the model must hold epoch 2's weights"
+        assert torch.equal(saved[name], snapshots[1][name]), f"{name}: the checkpoint must hold epoch 2's weights"
+    assert meta["epoch"] == 2
+
+
+def test_early_stopping_modes():
+    stop = train.EarlyStopping(patience=1, mode="min")
+    assert stop.update(1.0) and not stop.update(1.0) and stop.stop and stop.best_epoch == 1
+    never = train.EarlyStopping(patience=None)
+    assert all(not never.update(0.0) or i == 0 for i in range(5)) and not never.stop
+
+
+def test_bad_arguments_name_the_argument():
+    model = tiny_classifier()
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        train.TrainConfig(lr=0)
+    with pytest.raises(ValueError, match="lr must be"):
+        train.TrainConfig(lr=-1e-5)
+    with pytest.raises(ValueError, match="epochs must be a positive int"):
+        train.TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        train.TrainConfig(metric="f1")
+    with pytest.raises(ValueError, match="train is empty"):
+        train.fit(model, train.TextDataset([], []), progress=False)
+    with pytest.raises(ValueError, match=r"train.labels\[1\] is 3, out of range"):
+        train.fit(model, train.TextDataset([[5], [6]], [0, 3]), progress=False)
+    with pytest.raises(ValueError, match=r"validation.labels\[0\] is -1"):
+        train.fit(model, toy_data(8), train.TextDataset([[5]], [-1]), progress=False)
+    with pytest.raises(ValueError, match="warmup_steps must be an int in 0..total_steps"):
+        train.linear_warmup_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1), 11, 10)
+
+
+# ---------------------------------------------------------------- the shared model
+
+
+def test_finetuned_classifier_trains_once_then_loads(monkeypatch, tmp_path):
+    monkeypatch.setenv(cache.ENV_VAR, str(tmp_path))
+    small = dict(n_train=16, n_val=8, n_test=8, max_length=32, batch_size=8, epochs=1)
+    model, tok, info = train.finetuned_classifier(progress=False, **small)
+    again, _, info2 = train.finetuned_classifier(progress=False, **small)
+    assert (info["cached"], info2["cached"]) == (False, True)
+    assert states_equal(model, again)
+    assert info["label_names"][0] == "voltage_degradation" and len(info["label_names"]) == 8
+    assert len(info["history"]) == 1 and info["history"][0]["epoch"] == 1
+    probs = train.predict_proba(again, tok, ["VDD_CORE sagged to 0.91V under load", "ok"], max_length=32)
+    assert probs.shape == (2, 8) and torch.allclose(probs.sum(-1), torch.ones(2))
+    with pytest.raises(TypeError, match="unknown settings"):
+        train.finetuned_classifier(n_epochs=3)
+    with pytest.raises(ValueError, match="task must be one of"):
+        train.finetuned_classifier(task="colour")
+
+
+def test_length_grouped_batches_cover_every_item_once_with_little_padding():
+    lengths = [int(x) for x in torch.randint(3, 120, (200,), generator=torch.Generator().manual_seed(0))]
+    sampler = train.LengthGroupedBatches(lengths, 8, torch.Generator().manual_seed(1), chunk_batches=5)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 25
+    assert sorted(i for b in batches for i in b) == list(range(200)), "each item exactly once per epoch"
+    def padded(bs):
+        return sum(len(b) * max(lengths[i] for i in b) for b in bs)
+
+    random_batches = torch.randperm(200, generator=torch.Generator().manual_seed(1)).view(25, 8).tolist()
+    # lengths uniform in 3..119: random batches of 8 pad to about 7/9 of 119 (+70%), sorted chunks of 40 far less
+    assert padded(batches) < 1.25 * sum(lengths) < padded(random_batches) / 1.3
+    again = list(train.LengthGroupedBatches(lengths, 8, torch.Generator().manual_seed(1), chunk_batches=5))
+    assert again == batches, "deterministic for a seed"
+    assert list(sampler) != batches, "a new order each epoch"
+
+
+def test_head_learning_rate_groups():
+    model = tiny_classifier()
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = train.param_groups(model, 0.01, head_lr=1e-3)
+    assert len(groups) == 4
+    head = {names[id(p)] for g in groups if g.get("lr") == 1e-3 for p in g["params"]}
+    assert head == {"classifier.weight", "classifier.bias"}
+    no_decay = {names[id(p)] for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert no_decay == {n for n in names.values() if n.endswith(".bias") or n.endswith("LayerNorm.weight")}
+    opt = torch.optim.AdamW(groups, lr=5e-5)
+    sched = train.linear_warmup_scheduler(opt, 2, 4)
+    opt.step()
+    sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([2.5e-5, 2.5e-5, 5e-4, 5e-4]), "one multiplier for every group"
+    with pytest.raises(ValueError, match="head_lr must be"):
+        train.TrainConfig(head_lr=0)
