@@ -18,12 +18,34 @@ c.CourseDirectory.course_id = "bertlab"
 # infinite loop), not an expected time.
 c.Execute.timeout = 180
 c.Execute.interrupt_on_timeout = True
+# After a cell finishes, nbgrader waits only 4 s (nbclient's iopub_timeout) for the cell's last
+# outputs and then fails the WHOLE submission ("Timeout waiting for IOPub output": nbgrader sets
+# raise_on_iopub_timeout). On a busy 2-core machine a correct 04-finetuning submission failed
+# that way; 60 s keeps the error for a kernel that really stopped talking.
+c.Execute.iopub_timeout = 60
 
 # nbgrader gives 0 points to a test cell that writes anything to stderr. Library warnings
 # (deprecations, tokenizer parallelism, tqdm) are harmless: drop stderr that is only a
 # warning before grading. Tracebacks are 'error' outputs, not stderr, so they still fail.
+# The pattern has no \b before "warn": Python prints warnings as "...: UserWarning: ...",
+# "RuntimeWarning", "FutureWarning", where "Warning" is inside a word (a leading \b missed
+# them all). "NN%|" is a text progress bar (tqdm on stderr).
 c.IgnorePattern.enabled = True
-c.IgnorePattern.pattern = r"(?i)\bwarn(ing)?\b"
+c.IgnorePattern.pattern = r"(?i)warn|\d+%\|"
+
+# A learner may delete a read-only test cell (e.g. to hide a failure). nbgrader puts the
+# original back (with its hidden tests) and grades it; edited test cells are always restored
+# from the gradebook, deleted ones only with this option (default False).
+c.OverwriteCells.add_missing_cells = True
+
+# Feedback is rendered from the autograded notebook, in which the hidden tests were put back:
+# by default the feedback shows their source, and the traceback of a failing hidden test
+# quotes it. bertlab.grading.HideHiddenTests removes both (tests/test_grading.py checks it).
+c.GenerateFeedback.preprocessors = [
+    "nbgrader.preprocessors.GetGrades",
+    "bertlab.grading.HideHiddenTests",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+]
 
 # Student versions: outputs cleared, solution regions replaced by this stub.
 c.ClearSolutions.code_stub = {

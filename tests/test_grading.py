@@ -1,0 +1,318 @@
+"""Grading you can trust: a simulated class autograded by nbgrader, and the self-study check.
+
+The slow tests build a throwaway course from solutions/ (bertlab.grading), fabricate one
+submission per scenario for every notebook, and run ``nbgrader autograde``,
+``generate_feedback`` and ``export`` over the class once (module fixture); each test then
+reads what that run left behind. See bertlab/grading.py for the scenarios and how their
+expected scores are computed from the test cells' points.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import warnings
+
+import nbformat
+import pytest
+
+from bertlab import course, grading
+
+NAMES = grading.class_names() or course.assignments()  # $BERTLAB_CLASS limits the simulated class
+PAIRS = [(a, s) for a in NAMES for s in grading.SCENARIOS]
+PAIR_IDS = [f"{a}/{s}" for a, s in PAIRS]
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _solution(name, root=course.ROOT):
+    return nbformat.read(root / "solutions" / name / f"{name}.ipynb", as_version=4)
+
+
+def _released(name, root):
+    """The student version as nbgrader generates it now (in ``root``/notebooks)."""
+    return nbformat.read(root / "notebooks" / name / f"{name}.ipynb", as_version=4)
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory):
+    """A folder whose notebooks/ holds freshly generated student versions of every assignment."""
+    root = tmp_path_factory.mktemp("fresh")
+    course.release(release_dir=root / "notebooks")
+    return root
+
+
+def _grade_id(cell):
+    return cell.metadata.get("nbgrader", {}).get("grade_id")
+
+
+# --------------------------------------------------------------------------- fast: configuration
+def test_course_config_for_trustworthy_grading():
+    cfg = course.load_config()
+    assert cfg.Execute.timeout == 180 and cfg.Execute.interrupt_on_timeout, "a stuck cell must be stopped"
+    assert cfg.OverwriteCells.add_missing_cells, "a deleted test cell must be added back and graded"
+    assert "bertlab.grading.HideHiddenTests" in cfg.GenerateFeedback.preprocessors, "feedback must hide hidden tests"
+    assert cfg.IgnorePattern.enabled
+
+
+def _stderr_of(code):
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip(), f"expected stderr from {code!r}"
+    return proc.stderr
+
+
+@pytest.mark.parametrize("code", [
+    # exactly what the stderr-warnings student runs, after env.setup() silenced warnings
+    "import warnings; warnings.filterwarnings('ignore')\n" + grading.STDERR_WARNING,
+    "import torch; torch.tensor(torch.zeros(1))",  # UserWarning: To copy construct from a tensor
+    "import warnings; warnings.warn('x', FutureWarning)",
+    "import warnings; warnings.warn('x', DeprecationWarning, stacklevel=1)",
+    "import logging; logging.basicConfig(); logging.getLogger('transformers').warning('slow tokenizer')",
+    "from tqdm import tqdm\nfor _ in tqdm(range(3)): pass",
+], ids=["numpy-runtimewarning", "torch-userwarning", "futurewarning", "deprecationwarning", "logging", "tqdm"])
+def test_harmless_stderr_is_dropped_before_grading(code):
+    """IgnorePattern (course config) drops real library stderr, so it cannot zero a test cell."""
+    from nbgrader.preprocessors import IgnorePattern
+    from nbgrader.utils import determine_grade
+
+    text = _stderr_of(code)
+    cell = nbformat.v4.new_code_cell("pass", metadata={"nbgrader": {
+        "grade": True, "grade_id": "t", "points": 2, "solution": False, "locked": True, "schema_version": 3}})
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text=text)]
+    assert determine_grade(cell) == (0, 2), "nbgrader zeroes a test cell with stderr"
+    cell, _ = IgnorePattern(config=course.load_config()).preprocess_cell(cell, {}, 0)
+    assert determine_grade(cell) == (2, 2), f"this stderr still costs the points: {text!r}"
+
+
+def test_other_stderr_still_costs_the_points():
+    from nbgrader.preprocessors import IgnorePattern
+    from nbgrader.utils import determine_grade
+
+    cell = nbformat.v4.new_code_cell("pass", metadata={"nbgrader": {
+        "grade": True, "grade_id": "t", "points": 1, "solution": False, "locked": True, "schema_version": 3}})
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="shape mismatch in batch 3\n")]
+    cell, _ = IgnorePattern(config=course.load_config()).preprocess_cell(cell, {}, 0)
+    assert determine_grade(cell) == (0, 1)
+
+
+def test_feedback_preprocessor_hides_hidden_source_and_traceback():
+    source = "assert f(1) == 1, 'visible'\n### BEGIN HIDDEN TESTS\nsecret = f(-1)\nassert secret == 0, 'f of a negative'\n### END HIDDEN TESTS"
+    cell = nbformat.v4.new_code_cell(source, metadata={"nbgrader": {
+        "grade": True, "grade_id": "t", "points": 1, "solution": False, "locked": True, "schema_version": 3}})
+    cell.outputs = [nbformat.v4.new_output("error", ename="AssertionError", evalue="f of a negative",
+                                           traceback=["Cell In[3], line 4", "----> 4 secret = f(-1)"])]
+    cell, _ = grading.HideHiddenTests().preprocess_cell(cell, {}, 0)
+    shown = cell.source + json.dumps(cell.outputs)
+    assert "secret" not in shown and "HIDDEN" not in shown
+    assert "assert f(1) == 1" in cell.source, "the visible tests stay in the feedback"
+    assert cell.outputs[0]["traceback"][0] == "AssertionError: f of a negative"
+
+
+# --------------------------------------------------------------------------- fast: fabrication
+@pytest.mark.slow  # generating the student versions takes seconds per notebook
+@pytest.mark.parametrize("name", NAMES)
+def test_fabricated_submissions(fresh, name):
+    solution, released = _solution(name), _released(name, fresh)
+    lay = grading.layout(solution, name)
+    subs = {s.student: s for s in grading.fabricate(name, solution, released)}
+    assert set(subs) == set(grading.SCENARIOS)
+    assert subs["perfect"].expected_total == lay.total > 0
+    assert subs["blank"].expected_total == 0, "every graded test must fail on the student version"
+    assert subs["blank"].nb.cells == released.cells
+    stub = course.load_config().ClearSolutions.code_stub["python"]
+    assert not any(stub in c.source for c in subs["perfect"].nb.cells), "perfect leaves a stub"
+    assert not any("BEGIN SOLUTION" in c.source for c in subs["perfect"].nb.cells)
+    assert not any(c.metadata.get("nbgrader", {}).get("grade") for c in subs["deleted-test"].nb.cells)
+    for s in subs.values():
+        nbformat.validate(s.nb)
+        assert set(s.expected) == {t.grade_id for t in lay.tests}
+        assert 0 <= s.expected_total <= lay.total
+    last = {t.grade_id for t in lay.tests if t.exercise == len(lay.exercises) - 1}
+    for broken in ("syntax-error", "exception", "infinite-loop", "out-of-order"):
+        assert subs[broken].expected_total == lay.total - sum(t.points for t in lay.tests if t.grade_id in last)
+
+
+# --------------------------------------------------------------------------- slow: the class
+@pytest.fixture(scope="module")
+def klass(tmp_path_factory):
+    """The whole class, autograded once (minutes): every notebook x every scenario."""
+    assert "NBGRADER_EXECUTION" not in os.environ
+    return grading.run_class(tmp_path_factory.mktemp("class"), grading.class_names(),
+                             log=lambda msg: print(msg, file=sys.stderr))
+
+
+@pytest.mark.slow
+def test_the_batch_finishes_for_every_student(klass):
+    failed = {a: rc for a, rc in klass.autograde_rc.items() if rc}
+    assert not failed, f"nbgrader autograde exited non-zero for {failed}: " + "\n".join(
+        line for a in failed for line in klass.logs[f"autograde {a}"].splitlines()
+        if "ERROR" in line or "Error:" in line)[-3000:]
+    for s in klass.submissions:
+        assert klass.autograded(s.student, s.assignment).is_file(), f"{s.assignment}/{s.student} was not autograded"
+        assert (s.student, s.assignment) in klass.scores, f"{s.assignment}/{s.student} has no grades"
+        assert klass.feedback(s.student, s.assignment).is_file(), f"{s.assignment}/{s.student} has no feedback"
+        assert (s.student, s.assignment) in klass.exported, f"{s.assignment}/{s.student} is not in grades.csv"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,student", PAIRS, ids=PAIR_IDS)
+def test_exact_score(klass, name, student):
+    sub = klass.submission(student, name)
+    got = klass.scores[(student, name)]
+    assert got == sub.expected, f"{name}/{student}: points per test cell {got}, expected {sub.expected} {sub.note}"
+    assert klass.exported[(student, name)] == sub.expected_total, "grades.csv disagrees with the gradebook"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_full_marks_for_perfect_zero_for_blank(klass, name):
+    total = grading.layout(_solution(name, klass.course_dir), name).total
+    assert klass.exported[("perfect", name)] == total
+    assert klass.exported[("blank", name)] == 0
+
+
+def _test_cells(nb):
+    return {_grade_id(c): c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_edited_and_deleted_tests_are_restored(klass, name):
+    originals = _test_cells(_solution(name, klass.course_dir))
+    for student in ("edited-test", "deleted-test"):
+        graded = _test_cells(nbformat.read(klass.autograded(student, name), as_version=4))
+        assert set(graded) == set(originals), f"{student}: test cells {sorted(graded)}, expected {sorted(originals)}"
+        for gid, cell in graded.items():
+            assert originals[gid].source in cell.source, f"{student}: {gid} was not restored to the original"
+            assert cell.execution_count is not None, f"{student}: restored {gid} did not run"
+    sub = klass.submission("edited-test", name)
+    weakened = [c for c in sub.nb.cells if "weakened" in c.source]
+    assert weakened, "the edited-test student weakened no test"
+    assert all(sub.expected[_grade_id(c)] == 0 for c in weakened), "a weakened test must fail once restored"
+
+
+def _timeout_error(cell):
+    names = [o.get("ename") for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+    return "CellTimeoutError" in names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_the_timeout_stops_the_loop_and_grading_goes_on(klass, name):
+    nb = nbformat.read(klass.autograded("infinite-loop", name), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    hung = [i for i, c in enumerate(code) if _timeout_error(c)]
+    assert len(hung) == 1, f"expected exactly the looping cell to time out, got cells {hung}"
+    assert grading.LOOP.split("\n")[0] in code[hung[0]].source
+    after = [c for c in code[hung[0] + 1:] if c.execution_count is None]
+    assert not after, f"{len(after)} cells after the loop were not executed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in NAMES if len(grading.layout(_solution(n), n).exercises) == 1
+                                  and n in grading.VISIBLE_ONLY])
+def test_visible_only_solution_fails_in_the_hidden_tests(klass, name):
+    """The partial student of a one-exercise notebook passes the visible tests: only the
+    hidden tests (restored by nbgrader) catch it."""
+    nb = nbformat.read(klass.autograded("partial", name), as_version=4)
+    for gid, cell in _test_cells(nb).items():
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        if not errors or "BEGIN HIDDEN TESTS" not in cell.source:
+            continue
+        lines = cell.source.split("\n")
+        hidden_from = next(i for i, line in enumerate(lines) if "BEGIN HIDDEN TESTS" in line) + 1
+        tb = ANSI.sub("", "\n".join(errors[0].traceback))
+        failed_at = int(re.search(r"Cell In\[\d+\], line (\d+)", tb).group(1))
+        assert failed_at > hidden_from, f"{gid} failed at line {failed_at}, in the visible tests:\n{tb[-1500:]}"
+
+
+@pytest.mark.slow
+def test_feedback_never_shows_hidden_tests(klass):
+    leaked, detector_works = {}, False
+    for name in NAMES:
+        solution, released = _solution(name, klass.course_dir), _released(name, klass.course_dir)
+        if not grading.hidden_lines(solution, released):
+            continue
+        for student in grading.SCENARIOS:
+            page = klass.feedback(student, name).read_text()
+            found = grading.leaks(page, solution, released)
+            if found:
+                leaked[f"{name}/{student}"] = found[:3]
+            visible = next(c for c in released.cells if c.metadata.get("nbgrader", {}).get("grade"))
+            first = visible.source.strip().split("\n")[0].strip()
+            assert first in grading.html_text(page), f"{name}/{student}: the visible tests are missing from the feedback"
+        # nbgrader's default feedback (plain HTML of the autograded notebook) does leak: the check can see it
+        from nbconvert import HTMLExporter
+        plain, _ = HTMLExporter().from_notebook_node(nbformat.read(klass.autograded("partial", name), as_version=4))
+        detector_works |= bool(grading.leaks(plain, solution, released))
+    assert not leaked, f"hidden test source in the feedback: {leaked}"
+    assert grading.check_feedback(klass.course_dir) == {}, "the instructors' check disagrees"
+    assert detector_works, "the leak check found nothing even in nbgrader's unfiltered HTML"
+
+
+@pytest.mark.slow
+def test_grading_log_reports_restored_and_timed_out_cells(klass):
+    logs = "\n".join(v for k, v in klass.logs.items() if k.startswith("autograde"))
+    assert "Missing grade cell" in logs, "nbgrader did not report adding back the deleted test cells"
+    assert "Traceback (most recent call last)" not in logs, "nbgrader itself crashed on a submission"
+
+
+# --------------------------------------------------------------------------- slow: the exchange
+@pytest.mark.slow
+def test_exchange_round_trip(tmp_path):
+    """release_assignment -> fetch_assignment -> submit -> collect, with the exchange in tmp_path."""
+    course_dir = tmp_path / "course"
+    name = NAMES[0]
+    grading.make_course(course_dir, [name])
+    home = tmp_path / "student"
+    home.mkdir()
+    grading.nbgrader(course_dir, "release_assignment", name)
+    proc = grading.nbgrader(course_dir, "list")
+    listed = proc.stdout + proc.stderr
+    assert name in listed, listed
+    # A learner works in their own folder; the course id and exchange come from a global config
+    # (/etc/jupyter/nbgrader_config.py on a hub; here a private JUPYTER_CONFIG_DIR).
+    etc = tmp_path / "etc-jupyter"
+    etc.mkdir()
+    (etc / "nbgrader_config.py").write_text(
+        f"c = get_config()\nc.CourseDirectory.course_id = 'bertlab'\nc.Exchange.root = {str(course_dir / 'exchange')!r}\n")
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(etc),
+               PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
+    for args in (["fetch_assignment", name], ["submit", name]):
+        proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=home, capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (home / name / f"{name}.ipynb").is_file()
+    grading.nbgrader(course_dir, "collect", name)
+    submitted = list((course_dir / "submitted").glob(f"*/{name}/{name}.ipynb"))
+    assert len(submitted) == 1, f"collect did not place the submission: {submitted}"
+    assert (submitted[0].parent / "timestamp.txt").is_file()
+
+
+# --------------------------------------------------------------------------- slow: self-study
+SELF_CHECK = "00-welcome"
+
+
+def test_make_validate_is_the_nbgrader_cli():
+    """`make validate NB=...` (README, notebook 00) runs `nbgrader validate` on that notebook."""
+    nb = f"notebooks/{SELF_CHECK}/{SELF_CHECK}.ipynb"
+    proc = subprocess.run(["make", "-n", "validate", f"NB={nb}"], cwd=course.ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f"nbgrader validate {nb}" in proc.stdout, proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder,passes", [("notebooks", False), ("solutions", True)])
+def test_nbgrader_validate_cli_reports_what_the_learner_needs(folder, passes):
+    """The documented self-check, run as a learner would from the course folder. It exits 0
+    either way, so the text is what tells a failing exercise from a passing one."""
+    nb = f"{folder}/{SELF_CHECK}/{SELF_CHECK}.ipynb"
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "nbgrader"), "validate", nb],
+                          cwd=course.ROOT, capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    if passes:
+        assert "Success! Your notebook passes all the tests." in out, out[-3000:]
+        assert "VALIDATION FAILED" not in out
+    else:
+        assert "VALIDATION FAILED" in out, out[-3000:]
+        assert "NotImplementedError" in out, "the report should show which exercise is not done"
