@@ -1,0 +1,368 @@
+"""Domain adaptation and transfer (notebook 07): layer freezing, MLM perplexity, continued pre-training.
+
+- :func:`freeze_layers`, :func:`trainable_parameter_names`: freeze the embeddings and the
+  lower k encoder layers by index, so that only the upper layers and the head train (the
+  lower layers hold the most general features: Howard & Ruder 2018; Sun et al. 2019).
+- :func:`mlm_nll`, :func:`mlm_perplexity`: ``exp`` of the masked-LM cross-entropy per
+  masked token over a whole held-out set (token-weighted, not a mean of batch means),
+  with the masks of :func:`bertlab.pretraining.mask_tokens` fixed by :func:`mlm_batches`.
+- :func:`continue_pretraining`: domain-adaptive pre-training (Gururangan et al. 2020,
+  "Don't Stop Pretraining"): more MLM on ``bertlab.data.domain_corpus`` for the shipped
+  checkpoint with its trained MLM head (:func:`bertlab.pretrain_loop.checkpoint_with_mlm_head`),
+  cached in ``bertlab.cache`` by its configuration; :func:`heldout_batches` are the masked
+  held-out sentences its perplexity is measured on.
+- :func:`wordpiece_pieces`, :func:`fragmentation`: how many WordPiece tokens a domain word
+  costs (a general vocabulary splits "electromigration" into several pieces).
+- :func:`transformers_encoder`: a ``bertlab.model.BertModel`` as a ``transformers.BertModel``
+  with the same weights, to fine-tune the adapted and the original encoder the same way.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bertlab.pretraining import IGNORE_INDEX
+
+# ---------------------------------------------------------------- freezing
+
+
+def _find_bert(model: nn.Module) -> nn.Module:
+    """The BERT encoder inside ``model``: the module with ``embeddings`` and ``encoder.layer``."""
+    for candidate in (model, getattr(model, "encoder", None), getattr(model, "bert", None)):
+        if (isinstance(candidate, nn.Module) and hasattr(candidate, "embeddings")
+                and isinstance(getattr(getattr(candidate, "encoder", None), "layer", None), nn.ModuleList)):
+            return candidate
+    raise TypeError("model must be a BERT (transformers or bertlab.model BertModel) or wrap one as .encoder "
+                    f"(SequenceClassifier, MultiTaskModel) or .bert (BertForPreTraining); got {type(model).__name__}")
+
+
+def num_layers(model: nn.Module) -> int:
+    """The number of encoder layers of the BERT in ``model``."""
+    return len(_find_bert(model).encoder.layer)
+
+
+def freeze_layers(model: nn.Module, k: int) -> nn.Module:
+    """Freeze the embeddings and encoder layers ``0..k-1`` of the BERT in ``model``; everything else trains.
+
+    ``k = 0`` freezes nothing (full fine-tuning); ``k = num_layers`` freezes the whole encoder
+    stack, so only what sits above it (pooler, heads) trains. Layers are counted from the
+    input: layer 0 is the lowest. Freezing sets ``requires_grad = False``: no gradient is
+    computed for those parameters (and backpropagation stops below the lowest trainable
+    layer, which saves time), and :func:`bertlab.train.param_groups` leaves them out of the
+    optimizer. Every other parameter of ``model`` is set trainable, so calling it again with
+    another ``k`` gives exactly that setting. Works for ``transformers`` and ``bertlab.model``
+    BERTs and for models wrapping one as ``.encoder`` or ``.bert``. Returns ``model``.
+    Raises ValueError for ``k`` outside ``0..num_layers``, TypeError for a model without a BERT.
+    """
+    bert = _find_bert(model)
+    n = len(bert.encoder.layer)
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
+        raise ValueError(f"k must be an int in 0..{n} (the number of encoder layers to freeze), got {k!r}")
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if k > 0:
+        frozen = [bert.embeddings, *bert.encoder.layer[:k]]
+        for module in frozen:
+            for p in module.parameters():  # a head tied to the word embeddings is frozen with them
+                p.requires_grad_(False)
+    return model
+
+
+def trainable_parameter_names(model: nn.Module) -> list[str]:
+    """Names of the parameters that will train (``requires_grad``), in ``named_parameters`` order."""
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+# ---------------------------------------------------------------- perplexity
+
+
+def mlm_batches(tokenizer, texts: Sequence[str], *, batch_size: int = 32, max_length: int = 64,
+                mlm_probability: float = 0.15, seed: int = 0) -> list[dict]:
+    """Masked batches of ``texts`` with the masks drawn once (a list, not a loader).
+
+    Each is a dict from :class:`bertlab.pretraining.PretrainingCollator` (``input_ids``,
+    ``token_type_ids``, ``attention_mask``, ``mlm_labels``, all (B, T)). Because the masks are
+    fixed, two models evaluated on the same list predict the very same tokens: the only fair
+    way to compare perplexities.
+    """
+    from bertlab.pretraining import PretrainingCollator
+
+    texts = list(texts)
+    if not texts:
+        raise ValueError("texts is empty: give at least one text")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    collate = PretrainingCollator(tokenizer, mlm_probability=mlm_probability, seed=seed, max_length=max_length)
+    return [collate(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+
+
+def _mlm_logits(model: nn.Module, batch: dict, chosen: torch.Tensor) -> torch.Tensor:
+    """Logits (N, V) at the chosen positions, row-major, for a bertlab or transformers masked LM."""
+    from bertlab.model import BertForPreTraining
+
+    if isinstance(model, BertForPreTraining):
+        logits, _ = model(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"),
+                          masked_positions=chosen)  # (N, V): only where a token is predicted
+        return logits
+    kwargs = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
+    out = model(input_ids=batch["input_ids"], **kwargs)
+    logits = out.logits if hasattr(out, "logits") else out[0]  # (B, T, V)
+    return logits[chosen]  # (N, V)
+
+
+@torch.no_grad()
+def mlm_nll(model: nn.Module, batches: Iterable[dict]) -> tuple[float, int]:
+    """``(sum of -log p(token) over every masked position of batches, number of those positions)``.
+
+    A batch holds ``input_ids`` (B, T), ``attention_mask`` and ``token_type_ids`` (optional)
+    and the labels as ``mlm_labels`` (:class:`~bertlab.pretraining.PretrainingCollator`) or
+    ``labels`` (transformers' collator): the original id at a masked position, -100 elsewhere.
+    ``model`` is a ``bertlab.model.BertForPreTraining`` (logits computed at the masked
+    positions only) or a ``transformers`` masked LM. Runs in eval mode (no dropout) on the
+    model's device and leaves the model in the mode it was in.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    try:
+        for i, batch in enumerate(batches):
+            key = "mlm_labels" if "mlm_labels" in batch else "labels"
+            if key not in batch:
+                raise ValueError(f"batches[{i}] has no mlm_labels (or labels): mask it with PretrainingCollator")
+            batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            labels = batch[key]  # (B, T)
+            chosen = labels != IGNORE_INDEX  # (B, T)
+            if not chosen.any():
+                continue
+            logits = _mlm_logits(model, batch, chosen)  # (N, V)
+            total += F.cross_entropy(logits.float(), labels[chosen], reduction="sum").item()
+            n += int(chosen.sum())
+    finally:
+        model.train(was_training)
+    return total, n
+
+
+def mlm_perplexity(model: nn.Module, batches: Iterable[dict]) -> float:
+    """Masked-LM perplexity ``exp(sum_i -log p(w_i | context) / N)`` over the N masked tokens of ``batches``.
+
+    The mean is over tokens, not over batches: a batch with more masked tokens weighs more,
+    so the result does not depend on how the texts were cut into batches. It is the
+    exponential of :func:`bertlab.pretraining.mlm_loss` computed on all the batches at once.
+    A model that guesses uniformly over V tokens scores V; a perfect one 1. (For MLM this is
+    a "pseudo" perplexity: each masked token is predicted from both sides, as in the Hugging
+    Face course, chapter 7.) Raises ValueError when no position is masked.
+    """
+    total, n = mlm_nll(model, batches)
+    if n == 0:
+        raise ValueError("batches hold no masked position (all labels are -100): perplexity is undefined")
+    return math.exp(total / n)
+
+
+# ---------------------------------------------------------------- WordPiece fragmentation
+
+
+def wordpiece_pieces(tokenizer, terms: Sequence[str]) -> dict[str, list[str]]:
+    """``{term: its WordPiece tokens}``, e.g. ``{"electromigration": ["electro", "##mi", "##gration"]}``."""
+    terms = _check_terms(terms)
+    return {t: tokenizer.tokenize(t) for t in terms}
+
+
+def fragmentation(tokenizer, terms: Sequence[str]) -> float:
+    """Mean number of WordPiece tokens per word of ``terms`` (1.0: every word is one token).
+
+    A term may hold several words ("gate oxide breakdown"); each whitespace-separated word
+    counts once. The tokenizer's own pre-tokenizer still splits a word at punctuation
+    ("VDD_CORE" -> vdd, _, core): those pieces count too.
+    """
+    terms = _check_terms(terms)
+    words = [w for t in terms for w in t.split()]
+    if not words:
+        raise ValueError("terms hold no word (only whitespace)")
+    return sum(len(tokenizer.tokenize(w)) for w in words) / len(words)
+
+
+def domain_terms() -> list[str]:
+    """Words of the fab's domain: root causes, failure types and power domains of ``bertlab.data``."""
+    from bertlab.data import FAILURE_TYPES, ROOT_CAUSES
+    from bertlab.data.lexicon import POWER_DOMAINS
+
+    words = {w for name in (*ROOT_CAUSES, *FAILURE_TYPES) for w in name.split("_") if len(w) > 2}
+    return sorted(words) + list(POWER_DOMAINS)
+
+
+def _check_terms(terms) -> list[str]:
+    if isinstance(terms, str):
+        raise TypeError("terms must be a list of strings, got a single str; wrap it in a list")
+    terms = list(terms)
+    if not terms:
+        raise ValueError("terms is empty: give at least one term")
+    bad = next((i for i, t in enumerate(terms) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise TypeError(f"terms[{bad}] must be a str, got {type(terms[bad]).__name__}")
+    return terms
+
+
+# ---------------------------------------------------------------- continued pre-training
+
+#: How the course adapts the shipped checkpoint to the domain corpus; the cache key is this dict
+#: (plus the checkpoint and the MLM head's config), so changing a value trains a new model.
+DAPT_CONFIG = {
+    "corpus_docs": 400,      # training documents: the first corpus_docs of domain_corpus(..., corpus_seed)
+    "corpus_seed": 0,
+    "eval_docs": 60,         # held-out documents after every document the head or this run trained on
+    "steps": 150,            # AdamW steps of MLM on the whole model (encoder and MLM head)
+    "lr": 1e-4,
+    "batch_size": 32,        # sentences per step
+    "max_length": 64,
+    "mlm_probability": 0.15,
+    "warmup": 0.1,
+    "weight_decay": 0.01,
+    "eval_every": 50,
+    "seed": 0,
+    "version": 1,            # bump when the training code changes
+}
+#: Overrides that train in seconds (grading mode, smoke tests).
+QUICK = {"corpus_docs": 16, "eval_docs": 8, "steps": 4, "batch_size": 8, "eval_every": 4}
+# BertForPreTraining ties these to the word embeddings and the MLM bias: saved once, under those names.
+_TIED = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+
+
+def dapt_config(name: str | None = None, head: Mapping | None = None, **overrides) -> dict:
+    """:data:`DAPT_CONFIG` with ``overrides``, the checkpoint and the MLM head's config (the cache key).
+
+    ``head`` overrides :data:`bertlab.pretrain_loop.HEAD_CONFIG` (e.g. ``{"steps": 4}``).
+    Raises ValueError naming unknown settings.
+    """
+    from bertlab.pretrain_loop import head_config
+
+    unknown = sorted(set(overrides) - set(DAPT_CONFIG))
+    if unknown:
+        raise ValueError(f"unknown continued pre-training settings {unknown}; known: {sorted(DAPT_CONFIG)}")
+    head_cfg = head_config(name, **dict(head or {}))
+    return {"checkpoint": head_cfg["checkpoint"], "head": head_cfg, **DAPT_CONFIG, **overrides}
+
+
+def domain_texts(config: Mapping) -> tuple[list[str], list[str]]:
+    """``(training sentences, held-out sentences)`` of ``bertlab.data.domain_corpus`` for ``config``.
+
+    The held-out documents come after every document the MLM head (``config["head"]``) and
+    continued pre-training train on, and a held-out sentence that also occurs verbatim in the
+    training text is dropped (the corpus repeats some stock sentences), so the perplexity
+    is measured on text neither model saw.
+    """
+    from bertlab.data import domain_corpus
+
+    head = config["head"]
+    seed, n_train = config["corpus_seed"], config["corpus_docs"]
+    start = max(n_train, head["corpus_docs"] if head["corpus_seed"] == seed else 0)
+    docs = domain_corpus(start + config["eval_docs"], seed)
+    train_texts = [s for d in docs[:n_train] for s in d]
+    seen = set(train_texts)
+    seen |= {s for d in domain_corpus(head["corpus_docs"], head["corpus_seed"]) for s in d}
+    held = [s for d in docs[start:] for s in d if s not in seen]
+    return train_texts, held
+
+
+def heldout_batches(tokenizer, config: Mapping | None = None, *, batch_size: int = 64) -> list[dict]:
+    """The held-out masked batches of ``config`` (default :func:`dapt_config`): the text of
+    :func:`domain_texts`, masked once with seed ``config["seed"] + 1``. :func:`continue_pretraining`
+    evaluates on exactly these, so perplexities computed on them match its ``info``."""
+    config = dict(config) if config is not None else dapt_config()
+    _, held = domain_texts(config)
+    if not held:
+        raise ValueError("config leaves no held-out sentence: raise eval_docs")
+    return mlm_batches(tokenizer, held, batch_size=batch_size, max_length=config["max_length"],
+                       mlm_probability=config["mlm_probability"], seed=config["seed"] + 1)
+
+
+def continue_pretraining(config: Mapping | None = None, *, name: str | None = None, device=None,
+                         progress: bool = True, plot: bool = False):
+    """The checkpoint after more MLM pre-training on the domain corpus: ``(model, tokenizer, info)``.
+
+    Starts from :func:`bertlab.pretrain_loop.checkpoint_with_mlm_head` (the shipped encoder
+    with an MLM head trained on the frozen encoder; cached too), then trains the whole model
+    (encoder and head; the NSP head is unused) for ``config["steps"]`` steps of MLM on the
+    training sentences of :func:`domain_texts` with :func:`bertlab.pretrain_loop.pretrain`
+    (AdamW, warm-up and decay, clipping, a progress bar, live curves with ``plot``). The result
+    is loaded from ``bertlab.cache`` when a model with the same ``config`` (default:
+    :func:`dapt_config`) was trained before. The model is a ``bertlab.model.BertForPreTraining``
+    in eval mode on ``device`` (default: ``bertlab.env.get_device()``). ``info`` holds the
+    config, ``cached``, the held-out MLM loss before training (``before``) and during it
+    (``eval``, per ``eval_every`` steps), the training losses, seconds and sentence counts.
+    """
+    from torch.utils.data import DataLoader
+
+    from bertlab import cache, env
+    from bertlab.model import BertForPreTraining
+    from bertlab.pretrain_loop import checkpoint_with_mlm_head, evaluate, pretrain
+    from bertlab.pretrained import load_tokenizer
+    from bertlab.pretraining import PretrainingCollator
+
+    config = dict(config) if config is not None else dapt_config(name)
+    unknown = sorted(set(config) - set(DAPT_CONFIG) - {"checkpoint", "head"})
+    if unknown:
+        raise ValueError(f"config has unknown continued pre-training settings {unknown}")
+    missing = sorted((set(DAPT_CONFIG) | {"head"}) - set(config))
+    if missing:
+        raise ValueError(f"config lacks settings {missing}: build it with bertlab.domain.dapt_config")
+    device = torch.device(device) if device is not None else env.get_device()
+    tokenizer = load_tokenizer(name)
+
+    def build():
+        model, _, head_info = checkpoint_with_mlm_head(config["head"], name, device=device, progress=progress)
+        for p in model.parameters():  # the head was trained on a frozen encoder: now everything trains
+            p.requires_grad_(True)
+        train_texts, held = domain_texts(config)
+        eval_batches = heldout_batches(tokenizer, config)
+        before = evaluate(model, eval_batches)
+        loader = DataLoader(train_texts, batch_size=config["batch_size"], shuffle=True, drop_last=True,
+                            generator=torch.Generator().manual_seed(config["seed"]),
+                            collate_fn=PretrainingCollator(tokenizer, config["mlm_probability"], seed=config["seed"],
+                                                           max_length=config["max_length"]))
+        torch.manual_seed(config["seed"])  # dropout
+        history = pretrain(model, loader, config["steps"], lr=config["lr"], warmup=config["warmup"],
+                           weight_decay=config["weight_decay"], eval_batches=eval_batches,
+                           eval_every=config["eval_every"], plot=plot, progress=progress, desc="domain MLM")
+        state = {k: v for k, v in model.state_dict().items() if k not in _TIED}
+        meta = {"before": before, "eval": history.eval, "train": history.train, "seconds": history.seconds,
+                "steps_per_second": history.steps_per_second, "sentences": len(train_texts),
+                "heldout_sentences": len(held), "head_cached": head_info["cached"]}
+        return state, meta
+
+    state, meta, hit = cache.cached_state("domain-mlm", config, build)
+    model = BertForPreTraining.from_pretrained(name)
+    missing_keys, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing_keys) - set(_TIED):
+        raise RuntimeError(f"cached domain model does not fit: unexpected {unexpected}, missing {missing_keys}")
+    model = model.to(device).eval()
+    info = {**meta, "config": config, "cached": hit, "path": str(cache.path_for("domain-mlm", config))}
+    return model, tokenizer, info
+
+
+def transformers_encoder(bert: nn.Module):
+    """A ``transformers.BertModel`` with the weights of ``bert`` (a ``bertlab.model.BertModel``), in eval mode.
+
+    The two share parameter names, so the state dict loads as it is; use it to fine-tune the
+    domain-adapted encoder (``model.bert`` of :func:`continue_pretraining`) with exactly the
+    code that fine-tunes the original one (``bertlab.pretrained.load_encoder``).
+    """
+    from dataclasses import asdict
+
+    import transformers
+
+    from bertlab.model import BertModel
+
+    if not isinstance(bert, BertModel):
+        raise TypeError(f"bert must be a bertlab.model.BertModel (e.g. model.bert), got {type(bert).__name__}")
+    cfg = transformers.BertConfig(**asdict(bert.config), hidden_act="gelu", position_embedding_type="absolute")
+    out = transformers.BertModel(cfg)
+    missing, unexpected = out.load_state_dict(bert.state_dict(), strict=False)
+    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]  # buffers, not weights
+    if missing or unexpected:
+        raise RuntimeError(f"weights do not fit transformers.BertModel: missing {missing}, unexpected {unexpected}")
+    return out.to(next(bert.parameters()).device).eval()
