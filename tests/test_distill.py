@@ -1,0 +1,225 @@
+"""Distillation: the KD loss on hand-computed cases, the student's initialisation, the training loop."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bertlab import distill, train
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_teacher(layers=6, seed=0, hf=True):
+    """A 6-layer, 16-wide classifier (transformers' BertModel, or the course's own)."""
+    torch.manual_seed(seed)
+    if hf:
+        from transformers import BertConfig, BertModel
+
+        cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=32)
+        encoder = BertModel(cfg)
+    else:
+        from bertlab.model import BertConfig, BertModel
+
+        encoder = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                                       intermediate_size=32, max_position_embeddings=32))
+    return train.SequenceClassifier(encoder, 3).eval()
+
+
+# ---------------------------------------------------------------- the loss
+
+
+def by_hand(s, t, y, T, alpha):
+    """The loss written out with explicit sums, in float64."""
+    s, t = s.double(), t.double()
+    p_t = torch.exp(t / T) / torch.exp(t / T).sum(-1, keepdim=True)
+    log_p_s = s / T - torch.log(torch.exp(s / T).sum(-1, keepdim=True))
+    kl = (p_t * (torch.log(p_t) - log_p_s)).sum(-1).mean()
+    ce = -(s - torch.log(torch.exp(s).sum(-1, keepdim=True)))[torch.arange(len(y)), y].mean()
+    return alpha * T * T * kl + (1 - alpha) * ce
+
+
+S = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3], [-3.0, 4.0, 1.0]])
+Tz = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 2.0], [0.0, 3.0, 3.5]])
+Y = torch.tensor([0, 2, 1])
+
+
+@pytest.mark.parametrize("T, alpha", [(1.0, 1.0), (2.0, 1.0), (4.0, 0.5), (1.0, 0.0), (3.0, 0.25), (0.5, 0.9)])
+def test_kd_loss_equals_the_formula(T, alpha):
+    got = distill.kd_loss(S, Tz, Y, temperature=T, alpha=alpha)
+    assert got.dim() == 0
+    assert got.item() == pytest.approx(by_hand(S, Tz, Y, T, alpha).item(), rel=1e-5, abs=1e-6)
+
+
+def test_kd_loss_extremes():
+    # alpha = 0: plain cross-entropy, the teacher ignored; alpha = 1: no labels needed.
+    assert distill.kd_loss(S, Tz, Y, alpha=0.0).item() == pytest.approx(F.cross_entropy(S, Y).item(), abs=1e-6)
+    assert distill.kd_loss(S, Tz * 100, Y, alpha=0.0).item() == pytest.approx(F.cross_entropy(S, Y).item(), abs=1e-6)
+    soft = distill.kd_loss(S, Tz, None, temperature=2.0, alpha=1.0)
+    assert soft.item() == pytest.approx(by_hand(S, Tz, Y, 2.0, 1.0).item(), rel=1e-5)
+    # A student that equals its teacher has no soft loss at any temperature.
+    for T in (0.5, 1.0, 5.0):
+        assert distill.kd_loss(Tz, Tz, temperature=T, alpha=1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_t_squared_keeps_gradients_on_scale():
+    # Hinton et al.: the soft gradients scale as 1/T^2 for large T; the T^2 factor undoes it.
+    s = torch.tensor([[0.3, -0.2, 0.1]], requires_grad=True)
+    t = torch.tensor([[0.2, 0.0, -0.3]])
+    norms = []
+    for T in (5.0, 20.0):
+        s.grad = None
+        distill.kd_loss(s, t, temperature=T, alpha=1.0).backward()
+        norms.append(s.grad.norm().item())
+    # With logits small next to T, the gradient tends to (s - t) / C (no T in it).
+    assert norms[0] == pytest.approx(norms[1], rel=0.05)
+    expected = ((s.detach() - s.detach().mean()) - (t - t.mean())) / 3
+    assert norms[1] == pytest.approx(expected.norm().item(), rel=0.05)
+
+
+def test_no_gradient_into_the_teacher():
+    s = S.clone().requires_grad_()
+    t = Tz.clone().requires_grad_()
+    distill.kd_loss(s, t, Y, temperature=2.0, alpha=0.5).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert t.grad is None
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"temperature": 0.0}, "temperature"), ({"temperature": -1.0}, "temperature"),
+    ({"temperature": math.nan}, "temperature"), ({"temperature": math.inf}, "temperature"),
+    ({"alpha": 1.5}, "alpha"), ({"alpha": -0.1}, "alpha"), ({"alpha": True}, "alpha"),
+])
+def test_kd_loss_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        distill.kd_loss(S, Tz, Y, **kwargs)
+
+
+def test_kd_loss_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="teacher_logits"):
+        distill.kd_loss(S, Tz[:, :2], Y)
+    with pytest.raises(ValueError, match="student_logits"):
+        distill.kd_loss(S[0], Tz[0], Y)
+    with pytest.raises(ValueError, match="labels"):
+        distill.kd_loss(S, Tz, Y[:2])
+    with pytest.raises(ValueError, match="labels are needed"):
+        distill.kd_loss(S, Tz, None, alpha=0.5)
+
+
+# ---------------------------------------------------------------- the student
+
+
+@pytest.mark.parametrize("hf", [True, False], ids=["transformers", "bertlab.model"])
+def test_student_copies_the_chosen_layers(hf):
+    teacher = tiny_teacher(hf=hf)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = distill.student_from_teacher(teacher, [0, 2, 4])
+    assert len(student.encoder.encoder.layer) == 3 and student.encoder.config.num_hidden_layers == 3
+    assert teacher.encoder.config.num_hidden_layers == 6, "the teacher's config must not change"
+    t_state, s_state = teacher.state_dict(), student.state_dict()
+    for k, name in enumerate(["0", "2", "4"]):
+        for pname, value in s_state.items():
+            if pname.startswith(f"encoder.encoder.layer.{k}."):
+                source = pname.replace(f"encoder.encoder.layer.{k}.", f"encoder.encoder.layer.{name}.")
+                assert torch.equal(value, t_state[source]), f"student {pname} != teacher {source}"
+    for pname, value in s_state.items():
+        if not pname.startswith("encoder.encoder.layer."):
+            assert torch.equal(value, t_state[pname]), f"{pname} (embeddings, pooler, head) must be copied"
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items()), "the teacher was changed"
+    # The copies are independent: training the student leaves the teacher alone.
+    with torch.no_grad():
+        student.encoder.encoder.layer[0].output.dense.weight.add_(1.0)
+    assert torch.equal(teacher.state_dict()["encoder.encoder.layer.0.output.dense.weight"],
+                       before["encoder.encoder.layer.0.output.dense.weight"])
+    assert train.count_parameters(student) < train.count_parameters(teacher)
+
+
+def test_student_with_every_layer_is_the_teacher():
+    teacher = tiny_teacher()
+    student = distill.student_from_teacher(teacher, list(range(6))).eval()
+    ids = torch.randint(1, 50, (4, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        assert torch.equal(student(ids, mask), teacher(ids, mask))
+        # A strict subset computes something else.
+        assert not torch.allclose(distill.student_from_teacher(teacher, [0, 5]).eval()(ids, mask), teacher(ids, mask))
+
+
+@pytest.mark.parametrize("layers", [[], [6], [-1], [2, 1], [1, 1], "01", [0.0]])
+def test_student_rejects_bad_layers(layers):
+    with pytest.raises(ValueError, match="layers"):
+        distill.student_from_teacher(tiny_teacher(), layers)
+
+
+# ---------------------------------------------------------------- training
+
+
+def toy_data(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = [torch.randint(4, 50, (int(torch.randint(3, 12, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+    return train.TextDataset(ids, [x[0] % 3 for x in ids])
+
+
+def test_distill_with_alpha_0_is_training_on_labels():
+    data, val = toy_data(), toy_data(24, seed=1)
+    config = train.TrainConfig(lr=1e-3, epochs=2, batch_size=16, patience=None, seed=0)
+    a = distill.student_from_teacher(tiny_teacher(), [0, 5])
+    b = distill.student_from_teacher(tiny_teacher(), [0, 5])
+    z = torch.randn(len(data), 3)
+    distill.distill(a, z, data, val, config, alpha=0.0, progress=False)
+    train.fit(b, data, val, config, progress=False)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-6), f"{name}: alpha=0 must train exactly as fit on the labels"
+
+
+def test_distill_pulls_the_student_towards_the_teacher():
+    teacher = tiny_teacher(seed=3)
+    data, val = toy_data(), toy_data(24, seed=1)
+    z = distill.teacher_logits(teacher, data)
+    assert z.shape == (len(data), 3)
+    z = 10 * z  # a random tiny BERT is unsure of everything: make it a confident teacher
+    student = distill.student_from_teacher(teacher, [0])
+
+    def gap():
+        s, _ = train.collect_logits(student, data)
+        return distill.kd_loss(s, z, temperature=2.0, alpha=1.0).item()
+
+    before = gap()
+    result = distill.distill(student, z, data, val, train.TrainConfig(lr=5e-3, epochs=12, batch_size=8, patience=None),
+                             temperature=2.0, alpha=1.0, progress=False)
+    assert gap() < 0.5 * before, f"soft loss to the teacher went {before:.4f} -> {gap():.4f}"
+    assert len(result.history) == 12 and "val_accuracy" in result.history[0]
+
+
+def test_distill_rejects_mismatched_teacher_logits():
+    with pytest.raises(ValueError, match="teacher_logits_train"):
+        distill.distill(tiny_teacher(), torch.zeros(5, 3), toy_data(), None, progress=False)
+    with pytest.raises(ValueError, match="temperature"):
+        distill.distill(tiny_teacher(), torch.zeros(64, 3), toy_data(), None, temperature=0, progress=False)
+
+
+def test_distilled_student_rejects_unknown_settings():
+    with pytest.raises(TypeError, match="unknown settings"):
+        distill.distilled_student(layer=[0])
+
+
+@pytest.mark.slow
+def test_distilled_student_is_cached(tmp_path, monkeypatch):
+    """The course's student on the quick teacher: trained once, then loaded with the same weights."""
+    monkeypatch.setenv("BERTLAB_CACHE", str(tmp_path))
+    first, _, info = distill.distilled_student(teacher_overrides=train.QUICK, progress=False, **distill.QUICK)
+    again, _, info2 = distill.distilled_student(teacher_overrides=train.QUICK, progress=False, **distill.QUICK)
+    assert not info["cached"] and info2["cached"]
+    assert first.encoder.config.num_hidden_layers == len(distill.DISTILL_DEFAULTS["layers"])
+    for (name, a), b in zip(first.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a.cpu(), b.cpu()), f"{name} differs between the trained and the cached student"
+    other, _, info3 = distill.distilled_student(teacher_overrides=train.QUICK, progress=False, **distill.QUICK, alpha=0.0)
+    assert not info3["cached"], "another alpha is another model: it must not come from the same cache entry"
