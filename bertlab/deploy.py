@@ -143,8 +143,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17,
     here). ``metadata`` (str -> str) is stored in the file (e.g. label names). Written to a
     temporary name, then renamed, so a reader never sees half a file.
     """
-    import onnx
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).cpu().eval()
@@ -157,15 +155,22 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17,
                               dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
                                             "attention_mask": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}},
                               opset_version=opset, dynamo=False)
-        if metadata:
-            proto = onnx.load(tmp)
-            _set_metadata(proto, metadata)
-            onnx.save(proto, tmp)
+        _stamp(tmp, metadata)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _stamp(path, metadata) -> None:
+    """Write ``metadata`` (if any) into the ONNX file at ``path``, in place."""
+    import onnx
+
+    if metadata:
+        proto = onnx.load(path)
+        _set_metadata(proto, metadata)
+        onnx.save(proto, path)
 
 
 def _set_metadata(proto, metadata: dict[str, str]) -> None:
@@ -236,7 +241,6 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     about 4x smaller. Quantize the plain export and let the session optimise it: the
     quantizer failed on a graph first passed through ORT's BERT optimizer (STACK-NOTES).
     """
-    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src, dst = Path(src), Path(dst)
@@ -249,10 +253,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         with _silenced():
             quantize_dynamic(str(src), tmp, weight_type=QuantType.QInt8)
         meta = read_metadata(src)
-        if meta:  # the quantizer drops the metadata
-            proto = onnx.load(tmp)
-            _set_metadata(proto, meta)
-            onnx.save(proto, tmp)
+        _stamp(tmp, meta)  # the quantizer drops the metadata
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):

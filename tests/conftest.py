@@ -38,3 +38,15 @@ def _no_hidden_downloads(request):
     new = after[len(before):]
     if new and request.node.get_closest_marker("network_attempt") is None:
         pytest.fail(f"{len(new)} blocked network attempt(s) during this test, e.g. {new[0]}")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: a second torch thread only adds synchronisation (and, on a busy machine,
+    waiting). Test modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -11,12 +11,7 @@ from bertlab import deploy, train
 LABELS = [f"type_{i}" for i in range(4)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model(vocab=30522, layers=2, seed=0):

@@ -8,12 +8,7 @@ import torch.nn.functional as F
 from bertlab import distill, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_teacher(layers=6, seed=0, hf=True):

@@ -12,12 +12,7 @@ from bertlab.pretraining import IGNORE_INDEX, mlm_loss
 M = IGNORE_INDEX
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(layers=3, **kw):

@@ -7,13 +7,7 @@ from bertlab import cache, train
 from bertlab.model import BertConfig, BertModel
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: a second thread only adds synchronisation (and, on a busy machine, waiting).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_classifier(seed=0, num_labels=3):
