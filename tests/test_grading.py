@@ -19,7 +19,8 @@ import pytest
 from bertlab import course, grading
 
 NAMES = grading.class_names() or course.assignments()  # $BERTLAB_CLASS limits the simulated class
-PAIRS = [(a, s) for a in NAMES for s in grading.SCENARIOS]
+PLAN = grading.class_plan(NAMES)  # every scenario on some notebooks, the core ones on the rest
+PAIRS = [(a, s) for a in NAMES for s in PLAN[a]]
 PAIR_IDS = [f"{a}/{s}" for a, s in PAIRS]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -108,6 +109,19 @@ def test_feedback_preprocessor_hides_hidden_source_and_traceback():
     assert cell.outputs[0]["traceback"][0] == "AssertionError: f of a negative"
 
 
+def test_class_plan():
+    names = ["00-welcome", "04-finetuning", "07-other"]
+    plan = grading.class_plan(names, full=False)
+    assert plan["00-welcome"] == plan["04-finetuning"] == grading.SCENARIOS
+    assert plan["07-other"] == grading.CORE_SCENARIOS
+    assert set(grading.CORE_SCENARIOS) < set(grading.SCENARIOS)
+    assert all(v == grading.SCENARIOS for v in grading.class_plan(names, full=True).values())
+    assert grading.class_plan(["07-other"], full=False) == {"07-other": grading.SCENARIOS}, "one notebook asked for: all"
+    assert set(grading.FULL_CLASS_NOTEBOOKS) <= set(course.assignments()), "FULL_CLASS_NOTEBOOKS names a missing notebook"
+    with pytest.raises(ValueError, match="unknown"):
+        grading.run_class(course.ROOT / ".no-such-class", ["00-welcome"], scenarios={"00-welcome": ("napping",)})
+
+
 # --------------------------------------------------------------------------- fast: fabrication
 @pytest.mark.slow  # generating the student versions takes seconds per notebook
 @pytest.mark.parametrize("name", NAMES)
@@ -135,9 +149,9 @@ def test_fabricated_submissions(fresh, name):
 # --------------------------------------------------------------------------- slow: the class
 @pytest.fixture(scope="module")
 def klass(tmp_path_factory):
-    """The whole class, autograded once (minutes): every notebook x every scenario."""
+    """The class of PLAN, autograded once (minutes)."""
     assert "NBGRADER_EXECUTION" not in os.environ
-    return grading.run_class(tmp_path_factory.mktemp("class"), grading.class_names(),
+    return grading.run_class(tmp_path_factory.mktemp("class"), NAMES, scenarios=PLAN,
                              log=lambda msg: print(msg, file=sys.stderr))
 
 
@@ -176,7 +190,7 @@ def _test_cells(nb):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n for n in NAMES if {"edited-test", "deleted-test"} <= set(PLAN[n])])
 def test_edited_and_deleted_tests_are_restored(klass, name):
     originals = _test_cells(_solution(name, klass.course_dir))
     for student in ("edited-test", "deleted-test"):
@@ -197,7 +211,7 @@ def _timeout_error(cell):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n for n in NAMES if "infinite-loop" in PLAN[n]])
 def test_the_timeout_stops_the_loop_and_grading_goes_on(klass, name):
     nb = nbformat.read(klass.autograded("infinite-loop", name), as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -233,7 +247,7 @@ def test_feedback_never_shows_hidden_tests(klass):
         solution, released = _solution(name, klass.course_dir), _released(name, klass.course_dir)
         if not grading.hidden_lines(solution, released):
             continue
-        for student in grading.SCENARIOS:
+        for student in PLAN[name]:
             page = klass.feedback(student, name).read_text()
             found = grading.leaks(page, solution, released)
             if found:
