@@ -215,8 +215,14 @@ class LivePlot:
         return Image(data=buf.getvalue(), format="png")
 
     def update(self, history: History) -> None:
-        from IPython.display import display
-
+        """Redraw from ``history``; shown in place in a notebook. Outside IPython (a plain
+        script, where IPython may not even be installed) the figure is only redrawn:
+        ``self.fig`` holds it, and the loop's own printing reports the progress."""
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:
+            display = get_ipython = None
         for ax, (key, label) in zip(self.axes, self.panels):
             ax.clear()
             if key == "mlm_loss" and history.train:
@@ -233,6 +239,8 @@ class LivePlot:
             if key != "mlm_loss":
                 ax.set_ylim(0, 1)
             ax.legend(loc="best", fontsize=8)
+        if display is None or get_ipython() is None:
+            return
         if self.handle is None:
             self.handle = display(self._png(), display_id=True)
         else:

@@ -1,6 +1,7 @@
 """Pre-training runs (bertlab.pretrain_loop): domain vocabulary, loop, measurements, fill-mask, MLM head."""
 import math
 import random
+import sys
 
 import pytest
 import torch
@@ -155,6 +156,17 @@ def test_live_plot_draws_without_a_notebook(tok, batches, capsys):
     plot.update(history)
     plot.update(history)
     assert len(plot.axes) == 3 and plot.axes[2].get_title() == "NSP accuracy"
+    assert plot.handle is None and "Image" not in capsys.readouterr().out, "outside IPython nothing is displayed"
+
+
+def test_live_plot_works_without_ipython_installed(monkeypatch):
+    """A notebook converted to a script runs where IPython is not installed (the GPU run)."""
+    for name in ("IPython", "IPython.display"):
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
+    history = pl.History(train=[{"step": 1, "mlm_loss": 5.0}], eval=[{"step": 1, "mlm_loss": 4.0, "mlm_acc": 0.1}])
+    plot = pl.LivePlot({"mlm_loss": 5.5}, nsp=False)
+    plot.update(history)
+    assert plot.axes[0].lines, "the curves are still drawn on plot.fig"
 
 
 # --- fill-mask ----------------------------------------------------------------------------------------
