@@ -70,12 +70,17 @@ def set_threads(threads: int = DEFAULT_THREADS) -> int:
 
 
 def quantize_torch(model: nn.Module) -> nn.Module:
-    """A dynamic-INT8 copy of ``model`` on the CPU: ``nn.Linear`` weights stored as int8, the
-    activations quantized on the fly per batch. Embeddings and LayerNorms stay fp32."""
+    """A dynamic-INT8 copy of ``model`` on the CPU: ``nn.Linear`` weights stored as int8 with one
+    scale per output channel, the activations quantized on the fly per batch. Embeddings and
+    LayerNorms stay fp32. (Per channel rather than per tensor: the course's teacher kept 0.880
+    test accuracy against 0.870, its student 0.840 against 0.832.)"""
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     with _silenced():  # torch.ao.quantization warns that it is deprecated; it still works
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).cpu().eval(),
+                                                      {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
 
 
 class TrimmedVocabulary(nn.Module):
@@ -237,8 +242,8 @@ def ort_session(path: str | os.PathLike, *, threads: int = DEFAULT_THREADS, opti
 def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """ONNX Runtime's dynamic INT8 quantization of the plain export ``src`` into ``dst``.
 
-    Weights of MatMuls *and* the embedding tables (Gather) become int8, so the file is
-    about 4x smaller. Quantize the plain export and let the session optimise it: the
+    Weights of MatMuls *and* the embedding tables (Gather) become int8, with one scale per
+    output channel, so the file is about 4x smaller. Quantize the plain export and let the session optimise it: the
     quantizer failed on a graph first passed through ORT's BERT optimizer (STACK-NOTES).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -251,7 +256,9 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         with _silenced():
-            quantize_dynamic(str(src), tmp, weight_type=QuantType.QInt8)
+            # one scale per output channel: on the course's student, 0.846 test accuracy against
+            # 0.824 with one scale per tensor (fp32: 0.856), for 0.1 MB more
+            quantize_dynamic(str(src), tmp, weight_type=QuantType.QInt8, per_channel=True)
         meta = read_metadata(src)
         _stamp(tmp, meta)  # the quantizer drops the metadata
         os.replace(tmp, dst)
@@ -671,7 +678,8 @@ def exported_model(*, int8: bool = True, progress: bool = True, teacher_override
     from bertlab import cache, distill
 
     student, tokenizer, info = distill.distilled_student(teacher_overrides=teacher_overrides, progress=progress, **overrides)
-    key_config = {"student": info["settings"], "teacher": info["teacher"]["config"], "int8": int8}
+    key_config = {"student": info["settings"], "teacher": info["teacher"]["config"],
+                  "int8": "per-channel" if int8 else False}  # a new key: files of the per-tensor quantizer are stale
     path = cache.path_for("served-student", key_config, suffix=".onnx")
     if not path.is_file():
         meta = model_metadata(info["teacher"]["label_names"], info["teacher"]["config"]["max_length"],
