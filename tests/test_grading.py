@@ -115,6 +115,7 @@ def test_class_plan():
     assert plan["00-welcome"] == plan["04-finetuning"] == grading.SCENARIOS
     assert plan["07-other"] == grading.CORE_SCENARIOS
     assert set(grading.CORE_SCENARIOS) < set(grading.SCENARIOS)
+    assert {"perfect", "blank"} <= set(grading.CORE_SCENARIOS), "test_notebooks.py skips validate for them"
     assert all(v == grading.SCENARIOS for v in grading.class_plan(names, full=True).values())
     assert grading.class_plan(["07-other"], full=False) == {"07-other": grading.SCENARIOS}, "one notebook asked for: all"
     assert set(grading.FULL_CLASS_NOTEBOOKS) <= set(course.assignments()), "FULL_CLASS_NOTEBOOKS names a missing notebook"
