@@ -13,6 +13,10 @@
   accuracy and macro-F1 per task over the reports that have a label.
 - :func:`fit_multitask`: training with :func:`bertlab.train.fit` itself (optimizer groups,
   warm-up schedule, clipping, early stopping on the mean macro-F1 over the tasks).
+- :func:`top_layer_at_cls`, :class:`TopLayersMultiTask`, :class:`MultiTaskStates`,
+  :func:`frozen_multitask_states`: the fast variant notebook 06 compares with on a CPU, as
+  notebook 05's ``baselines.TopLayersClassifier``: the lower layers frozen and run once per
+  report, only the top layer(s) and the heads trained (the last layer computed at [CLS] only).
 
 ``bertlab.train.fit`` expects a model that returns one logits tensor. :func:`fit_multitask`
 therefore trains a thin view of the model (:class:`PackedLogits`: the same modules, so the
@@ -29,6 +33,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from bertlab import train
 from bertlab.data import LABELS
@@ -105,7 +110,7 @@ class MultiTaskModel(nn.Module):
 
 
 class PackedLogits(nn.Module):
-    """A view of a :class:`MultiTaskModel` that returns its logits side by side, (B, sum C_t).
+    """A view of a :class:`MultiTaskModel` (or :class:`TopLayersMultiTask`) that returns its logits side by side, (B, sum C_t).
 
     It holds the very same modules under the same names (``encoder``, ``dropout``,
     ``classifier``), so its parameters and ``state_dict`` are the model's: training the view
@@ -113,17 +118,17 @@ class PackedLogits(nn.Module):
     tensor, run a multi-task model unchanged; :func:`split_logits` undoes the packing.
     """
 
-    def __init__(self, model: MultiTaskModel):
+    def __init__(self, model: "MultiTaskModel | TopLayersMultiTask"):
         super().__init__()
-        if not isinstance(model, MultiTaskModel):
-            raise TypeError(f"model must be a bertlab.multitask.MultiTaskModel, got {type(model).__name__}")
-        self.encoder, self.dropout, self.classifier = model.encoder, model.dropout, model.classifier
+        _check_model(model)
+        for name, child in model.named_children():  # encoder (or layers), dropout, classifier: the same names
+            setattr(self, name, child)
         object.__setattr__(self, "model", model)  # not registered: its parameters are already ours
         self.tasks, self.sizes = model.tasks, dict(model.num_labels)
         self.training = model.training  # only the flag: collect_logits restores the modules to this mode
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        out = self.model(input_ids, attention_mask, token_type_ids)
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        out = self.model(*args, **kwargs)
         return torch.cat([out[t] for t in self.tasks], dim=-1)  # (B, sum C_t)
 
 
@@ -396,6 +401,166 @@ def evaluate_multitask(model: MultiTaskModel, data: MultiTaskDataset, *, batch_s
     return {t: {"loss": float(losses[t]) if scores[t]["n"] else float("nan"), **scores[t]} for t in model.tasks}
 
 
+# ---------------------------------------------------------------- the fast variant: frozen lower layers
+
+
+def top_layer_at_cls(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None, *,
+                     keys: torch.Tensor | None = None, values: torch.Tensor | None = None) -> torch.Tensor:
+    """``layer(x, mask)[:, :1]`` for a ``bertlab.model.BertLayer``, computed at [CLS] only: (B, 1, H).
+
+    The heads read only the last layer's [CLS] vector, so the last layer needs one query, not T:
+    keys and values still come from every token (B, T, H), but the query, the attention output,
+    its Add & Norm and the feed-forward block run on one position. That is about a sixth of the
+    layer's arithmetic for reports of ~100 tokens, and the same result (and gradients) as the
+    whole layer. ``mask`` is additive (B, 1, 1, T), from ``bertlab.model.extended_attention_mask``.
+    ``keys`` and ``values`` (B, T, H), when given, replace ``layer``'s key and value projections of
+    ``x`` (e.g. computed once with frozen weights, :func:`frozen_multitask_states`).
+    """
+    from bertlab.model import scaled_dot_product_attention
+
+    att = layer.attention.self
+    B, T, H = x.shape
+    cls = x[:, :1]  # (B, 1, H)
+    q = att.split_heads(att.query(cls))  # (B, nh, 1, hs)
+    k = att.split_heads(att.key(x) if keys is None else keys)  # (B, nh, T, hs)
+    v = att.split_heads(att.value(x) if values is None else values)  # (B, nh, T, hs)
+    y = scaled_dot_product_attention(q, k, v, mask, att.dropout)  # (B, nh, 1, hs)
+    h = layer.attention.output(y.transpose(1, 2).reshape(B, 1, H), cls)  # (B, 1, H): Add & Norm
+    return layer.output(layer.intermediate(h), h)  # (B, 1, H): FFN, Add & Norm
+
+
+class TopLayersMultiTask(nn.Module):
+    """The top ``len(bert.encoder.layer) - n_frozen`` layers of ``bert`` (copied) shared by one linear head per task.
+
+    The multi-task form of ``bertlab.baselines.TopLayersClassifier``: ``forward(hidden_states,
+    attention_mask)`` takes the frozen layers' output (B, T, H) (:func:`frozen_multitask_states`)
+    and returns ``{task: logits (B, C_task)}`` in the order of ``num_labels``, every head reading
+    the [CLS] vector of the last layer (computed at [CLS] only, :func:`top_layer_at_cls`). With
+    one task it is the single-task model, trained by the very same code. ``bert`` is a
+    ``bertlab.model.BertModel``. The heads sit in the ModuleDict ``classifier`` (``head_lr``
+    reaches them), initialised as :class:`MultiTaskModel`'s.
+
+    ``train_keys_values=False`` (one trained layer only) freezes the top layer's key and value
+    projections too: they are then computed once per report with the pretrained weights
+    (``frozen_multitask_states(..., top_keys_values=True)``, states of width 3H: x, keys, values
+    side by side), and a training step runs only [CLS]'s path through the top layer (query,
+    attention output, feed-forward block, heads), which costs almost nothing next to the frozen
+    part. Raises ValueError naming the argument for a bad ``num_labels``, ``n_frozen`` or ``dropout``.
+    """
+
+    def __init__(self, bert, n_frozen: int, num_labels: Mapping[str, int], dropout: float = 0.1, *,
+                 train_keys_values: bool = True):
+        super().__init__()
+        import copy
+
+        n_layers = len(bert.encoder.layer)
+        if isinstance(n_frozen, bool) or not isinstance(n_frozen, int) or not 0 <= n_frozen < n_layers:
+            raise ValueError(f"n_frozen must be an int in 0..{n_layers - 1} (at least one layer left to train), got {n_frozen!r}")
+        # The heads and their checks are MultiTaskModel's; only the encoder differs.
+        heads = MultiTaskModel(nn.Identity(), num_labels, dropout, hidden_size=bert.config.hidden_size)
+        self.tasks, self.num_labels = heads.tasks, heads.num_labels
+        if not train_keys_values and n_layers - n_frozen != 1:
+            raise ValueError(f"train_keys_values=False needs exactly one trained layer: n_frozen must be {n_layers - 1}, got {n_frozen}")
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for layer in bert.encoder.layer[n_frozen:])
+        self.dropout, self.classifier = heads.dropout, heads.classifier
+        self.train_keys_values = bool(train_keys_values)
+        if not self.train_keys_values:
+            att = self.layers[-1].attention.self
+            for p in [*att.key.parameters(), *att.value.parameters()]:
+                p.requires_grad_(False)
+
+    def features(self, hidden_states, attention_mask) -> torch.Tensor:
+        """The shared [CLS] vector (B, H) after the trained layers."""
+        from bertlab.model import extended_attention_mask
+
+        mask = extended_attention_mask(attention_mask, hidden_states.dtype)  # (B, 1, 1, T)
+        if not self.train_keys_values:
+            H = hidden_states.shape[-1] // 3
+            if hidden_states.shape[-1] != 3 * H:
+                raise ValueError("train_keys_values=False reads states of width 3H (x, keys, values) from "
+                                 f"frozen_multitask_states(..., top_keys_values=True), got width {hidden_states.shape[-1]}")
+            x, k, v = hidden_states.split(H, dim=-1)  # 3 x (B, T, H)
+            return top_layer_at_cls(self.layers[-1], x, mask, keys=k, values=v)[:, 0]  # (B, H)
+        x = hidden_states
+        for layer in self.layers[:-1]:
+            x = layer(x, mask)  # (B, T, H)
+        return top_layer_at_cls(self.layers[-1], x, mask)[:, 0]  # (B, H)
+
+    def forward(self, hidden_states, attention_mask) -> dict[str, torch.Tensor]:
+        h = self.dropout(self.features(hidden_states, attention_mask))  # (B, H)
+        return {t: self.classifier[t](h) for t in self.tasks}  # {task: (B, C_task)}
+
+
+class MultiTaskStates(Dataset):
+    """Frozen hidden states (T_i, H) of each report with one class id per task (-100: missing).
+
+    ``bertlab.baselines.HiddenStates`` with named label columns: batches carry
+    ``hidden_states`` (B, T, H), ``attention_mask`` (B, T), ``labels`` (B, K) with column k for
+    ``tasks[k]``, and ``index`` (B,). :meth:`select` keeps some columns (a single-task run).
+    """
+
+    def __init__(self, states: Sequence[torch.Tensor], labels: Sequence[Sequence[int]], tasks: Sequence[str]):
+        from bertlab.baselines import HiddenStates
+
+        self.tasks = tuple(tasks)
+        labels = [list(row) for row in labels]
+        if len(labels) != len(states) or any(len(row) != len(self.tasks) for row in labels):
+            raise ValueError(f"labels must hold one row of {len(self.tasks)} class ids (tasks {list(self.tasks)}) per state")
+        self._states = HiddenStates(list(states), labels)
+        self.states, self.labels = self._states.states, self._states.labels
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __getitem__(self, i: int) -> dict:
+        return self._states[i]
+
+    def lengths(self) -> list[int]:
+        return self._states.lengths()
+
+    def collate(self, items: list[dict]) -> dict:
+        return self._states.collate(items)
+
+    def subset(self, indices: Sequence[int]) -> "MultiTaskStates":
+        return MultiTaskStates([self.states[i] for i in indices], [self.labels[i] for i in indices], self.tasks)
+
+    def select(self, tasks: Sequence[str]) -> "MultiTaskStates":
+        """The same states with the label columns of ``tasks`` only, in that order."""
+        tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+        unknown = [t for t in tasks if t not in self.tasks]
+        if not tasks or unknown:
+            raise ValueError(f"tasks must be some of {list(self.tasks)}, got {list(tasks)}")
+        cols = [self.tasks.index(t) for t in tasks]
+        return MultiTaskStates(self.states, [[row[k] for k in cols] for row in self.labels], tasks)
+
+    def task_labels(self, task: str) -> list[int]:
+        """The class ids of ``task`` (-100 where missing)."""
+        return [row[0] for row in self.select(task).labels]
+
+
+def frozen_multitask_states(bert, data: MultiTaskDataset, n_frozen: int, batch_size: int = 64, *,
+                            top_keys_values: bool = False) -> MultiTaskStates:
+    """The output of ``bert``'s embeddings and first ``n_frozen`` layers for every report of ``data``, once.
+
+    ``bertlab.baselines.frozen_states`` (eval mode, no gradients) keeping ``data``'s label columns.
+    With ``top_keys_values``, each state is (T_i, 3H): that output x, then the keys and values
+    that layer ``n_frozen`` computes from it with its pretrained weights, side by side (for
+    ``TopLayersMultiTask(..., train_keys_values=False)``).
+    """
+    from bertlab.baselines import frozen_states
+
+    if not isinstance(data, MultiTaskDataset):
+        raise ValueError(f"data must be a MultiTaskDataset (from encode_multitask), got {type(data).__name__}")
+    hidden = frozen_states(bert, data, n_frozen, batch_size=batch_size)
+    states = hidden.states
+    if top_keys_values:
+        att = bert.encoder.layer[n_frozen].attention.self
+        device = next(bert.parameters()).device
+        with torch.no_grad():
+            states = [torch.cat([x, att.key(x.to(device)).cpu(), att.value(x.to(device)).cpu()], dim=-1) for x in states]
+    return MultiTaskStates(states, data.labels, data.tasks)
+
+
 # ---------------------------------------------------------------- training
 
 
@@ -409,11 +574,11 @@ def fit_multitask(model: MultiTaskModel, train_data: MultiTaskDataset, validatio
     tasks (``macro_f1``: the mean of the per-task macro-F1). The history also holds
     ``val_<task>_accuracy`` and ``val_<task>_macro_f1`` per epoch. ``weights`` as in
     :func:`multitask_loss` (a weight of 0 trains without that task). The datasets' ``tasks``
-    must be the model's, in its order. Returns fit's :class:`~bertlab.train.TrainResult`;
+    must be the model's, in its order. A :class:`TopLayersMultiTask` trains on
+    :class:`MultiTaskStates` (from :func:`frozen_multitask_states`) the same way. Returns fit's :class:`~bertlab.train.TrainResult`;
     ``model`` ends in eval mode with the best epoch's weights.
     """
-    if not isinstance(model, MultiTaskModel):
-        raise TypeError(f"model must be a bertlab.multitask.MultiTaskModel, got {type(model).__name__}")
+    _check_model(model)
     _check_dataset_tasks("train_data", train_data, model)
     if validation is not None:
         _check_dataset_tasks("validation", validation, model)
@@ -425,10 +590,19 @@ def fit_multitask(model: MultiTaskModel, train_data: MultiTaskDataset, validatio
     return result
 
 
+def _check_model(model) -> None:
+    if not isinstance(model, (MultiTaskModel, TopLayersMultiTask)):
+        raise TypeError(f"model must be a bertlab.multitask.MultiTaskModel or TopLayersMultiTask, got {type(model).__name__}")
+
+
 def _check_dataset_tasks(name: str, data, model: MultiTaskModel) -> None:
     tasks = getattr(data, "tasks", None)
     if tasks is None:
-        raise ValueError(f"{name} must be a MultiTaskDataset (from bertlab.multitask.encode_multitask)")
+        raise ValueError(f"{name} must be a MultiTaskDataset (from bertlab.multitask.encode_multitask)"
+                         " or MultiTaskStates (from frozen_multitask_states)")
+    if isinstance(model, TopLayersMultiTask) != isinstance(data, MultiTaskStates):
+        raise ValueError(f"{name}: a TopLayersMultiTask reads MultiTaskStates (frozen_multitask_states), "
+                         f"a MultiTaskModel a MultiTaskDataset (encode_multitask); got {type(data).__name__}")
     if tuple(tasks) != tuple(model.tasks):
         raise ValueError(f"{name}.tasks {list(tasks)} must be the model's tasks {list(model.tasks)}, in that order")
 
