@@ -366,3 +366,76 @@ def transformers_encoder(bert: nn.Module):
     if missing or unexpected:
         raise RuntimeError(f"weights do not fit transformers.BertModel: missing {missing}, unexpected {unexpected}")
     return out.to(next(bert.parameters()).device).eval()
+
+
+# ---------------------------------------------------------------- transfer: frozen lower layers
+
+
+def course_encoder(encoder: nn.Module):
+    """A ``bertlab.model.BertModel`` with the weights of a ``transformers`` BERT ``encoder``, in eval mode.
+
+    The inverse of :func:`transformers_encoder`: it lets :func:`layer_states` and
+    :class:`bertlab.baselines.TopLayersClassifier` start from a fine-tuned classifier's
+    encoder (e.g. ``bertlab.train.finetuned_classifier(...)[0].encoder``). A course
+    ``BertModel`` is returned as it is.
+    """
+    from bertlab.model import BertConfig, BertModel
+
+    if isinstance(encoder, BertModel):
+        return encoder
+    cfg = getattr(encoder, "config", None)
+    if cfg is None or not hasattr(encoder, "embeddings"):
+        raise TypeError(f"encoder must be a transformers BertModel or a bertlab.model.BertModel, got {type(encoder).__name__}")
+    if getattr(cfg, "hidden_act", "gelu") != "gelu" or getattr(cfg, "position_embedding_type", "absolute") != "absolute":
+        raise ValueError("encoder must use exact GELU and absolute positions, as bertlab.model.BertModel does")
+    names = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+             "max_position_embeddings", "type_vocab_size", "hidden_dropout_prob", "attention_probs_dropout_prob",
+             "layer_norm_eps", "pad_token_id", "initializer_range")
+    out = BertModel(BertConfig(**{n: getattr(cfg, n) for n in names}))
+    state = {k: v for k, v in encoder.state_dict().items() if not k.endswith(("position_ids", "token_type_ids"))}
+    missing, unexpected = out.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not k.startswith("pooler.")]:
+        raise RuntimeError(f"weights do not fit bertlab.model.BertModel: missing {missing}, unexpected {unexpected}")
+    return out.to(next(encoder.parameters()).device).eval()
+
+
+@torch.no_grad()
+def layer_states(bert: nn.Module, data, ks: Sequence[int], batch_size: int = 64) -> dict:
+    """``{k: bertlab.baselines.HiddenStates}``: each report's hidden states after the embeddings
+    and the first ``k`` encoder layers, for every ``k`` in ``ks``, from one pass over ``data``.
+
+    ``k = 0`` is the embeddings' output and ``k = num_layers`` the last layer's, so
+    ``bertlab.baselines.TopLayersClassifier(bert, k, ...)`` trains the layers above ``k``
+    (none at ``k = num_layers``: only the head). Like
+    :func:`bertlab.baselines.frozen_states` (which stops one layer short of the top), the
+    frozen part runs once, in eval mode (no dropout). ``bert`` is a ``bertlab.model.BertModel``
+    (see :func:`course_encoder`); ``data`` a ``bertlab.train.TextDataset``.
+    """
+    from bertlab.baselines import HiddenStates
+    from bertlab.model import BertModel, extended_attention_mask
+    from bertlab.train import make_loader
+
+    if not isinstance(bert, BertModel):
+        raise TypeError(f"bert must be a bertlab.model.BertModel (use course_encoder), got {type(bert).__name__}")
+    n = len(bert.encoder.layer)
+    ks = sorted(set(ks))
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n for k in ks):
+        raise ValueError(f"ks must be a non-empty list of ints in 0..{n}, got {ks!r}")
+    was_training = bert.training
+    bert.eval()
+    device = next(bert.parameters()).device
+    lengths = data.lengths()
+    order = sorted(range(len(data)), key=lengths.__getitem__)
+    states = {k: [None] * len(data) for k in ks}
+    for batch in make_loader(data, batch_size, order=order):
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        x = bert.embeddings(ids, torch.zeros_like(ids))  # (B, T, H)
+        ext = extended_attention_mask(mask, x.dtype)  # (B, 1, 1, T)
+        for k in range(ks[-1] + 1):
+            if k > 0:
+                x = bert.encoder.layer[k - 1](x, ext)  # (B, T, H)
+            if k in states:
+                for b, i in enumerate(batch["index"].tolist()):
+                    states[k][i] = x[b, :lengths[i]].cpu().clone()  # (T_i, H)
+    bert.train(was_training)
+    return {k: HiddenStates(s, data.labels) for k, s in states.items()}

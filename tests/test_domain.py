@@ -298,3 +298,46 @@ def test_continue_pretraining_trains_once_then_loads_from_the_cache(tmp_path, mo
     name = "bert.encoder.layer.0.attention.self.query.weight"
     assert not torch.equal(fresh.state_dict()[name], again.state_dict()[name]), "the encoder must train"
     assert len(list(tmp_path.glob("domain-mlm-*.safetensors"))) == 1
+
+
+# ---------------------------------------------------------------- transfer helpers
+
+
+def test_course_encoder_round_trips_a_transformers_bert():
+    torch.manual_seed(0)
+    ours = BertModel(tiny_config(layers=2)).eval()
+    back = domain.course_encoder(domain.transformers_encoder(ours))
+    assert isinstance(back, BertModel) and back is not ours
+    ids, mask = ids_batch()
+    mask[1, -3:] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids, mask)[0], ours(ids, mask)[0], atol=1e-6, rtol=0)
+    assert domain.course_encoder(ours) is ours
+    with pytest.raises(TypeError, match="encoder must be"):
+        domain.course_encoder(nn.Linear(2, 2))
+
+
+def test_layer_states_match_frozen_states_and_the_full_model():
+    from bertlab.baselines import frozen_states
+
+    torch.manual_seed(0)
+    bert = BertModel(tiny_config(layers=3))
+    bert.train()
+    g = torch.Generator().manual_seed(1)
+    data = train.TextDataset([torch.randint(4, 40, (int(n),), generator=g).tolist() for n in (5, 9, 3, 7)], [0, 1, 0, 1])
+    states = domain.layer_states(bert, data, [3, 0, 2], batch_size=3)
+    assert sorted(states) == [0, 2, 3] and bert.training, "the model goes back to the mode it was in"
+    for k in (0, 2):
+        ref = frozen_states(bert, data, k, batch_size=2)
+        for a, b in zip(states[k].states, ref.states):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    bert.eval()
+    with torch.no_grad():
+        for i in range(len(data)):
+            ids = torch.tensor([data.input_ids[i]])
+            torch.testing.assert_close(states[3].states[i], bert(ids)[0][0], atol=1e-5, rtol=0)
+    assert states[3].labels == [0, 1, 0, 1]
+    with pytest.raises(ValueError, match="ks"):
+        domain.layer_states(bert, data, [4])
+    with pytest.raises(TypeError, match="bert must be"):
+        domain.layer_states(domain.transformers_encoder(bert), data, [1])
