@@ -181,34 +181,18 @@ class HiddenStates(Dataset):
         return batch
 
 
-@torch.no_grad()
 def frozen_states(bert, data: TextDataset, n_frozen: int, batch_size: int = 64) -> HiddenStates:
     """Run the embeddings and the first ``n_frozen`` layers of ``bert`` (a ``bertlab.model.BertModel``) once.
 
-    Dropout is off (eval mode): a frozen part computes the same thing every epoch.
+    Dropout is off (eval mode): a frozen part computes the same thing every epoch. One ``k`` of
+    :func:`bertlab.domain.layer_states`, kept below the top layer (at least one layer left to train).
     """
-    from bertlab.model import extended_attention_mask
-    from bertlab.train import make_loader
+    from bertlab.domain import layer_states
 
     n_layers = len(bert.encoder.layer)
     if not isinstance(n_frozen, int) or not 0 <= n_frozen < n_layers:
         raise ValueError(f"n_frozen must be an int in 0..{n_layers - 1} (at least one layer left to train), got {n_frozen!r}")
-    was_training = bert.training
-    bert.eval()
-    device = next(bert.parameters()).device
-    lengths = data.lengths()
-    order = sorted(range(len(data)), key=lengths.__getitem__)
-    states: list[torch.Tensor | None] = [None] * len(data)
-    for batch in make_loader(data, batch_size, order=order):
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        x = bert.embeddings(ids, torch.zeros_like(ids))  # (B, T, H)
-        ext = extended_attention_mask(mask, x.dtype)  # (B, 1, 1, T)
-        for layer in bert.encoder.layer[:n_frozen]:
-            x = layer(x, ext)
-        for b, i in enumerate(batch["index"].tolist()):
-            states[i] = x[b, :lengths[i]].cpu().clone()  # (T_i, H)
-    bert.train(was_training)
-    return HiddenStates(states, data.labels)
+    return layer_states(bert, data, [n_frozen], batch_size)[n_frozen]
 
 
 class TopLayersClassifier(nn.Module):
