@@ -157,8 +157,8 @@ def test_early_stopping_on_a_scripted_validation_curve(monkeypatch, tmp_path):
     curve = [0.5, 0.7, 0.6, 0.65, 0.9, 0.95]
     snapshots = []
 
-    def scripted(model, data, **kw):
-        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+    def scripted(model, data, **kw):  # the weights as fit saves them: the trained embedding rows folded back
+        snapshots.append({k: v.clone() for k, v in train._plain_state_dict(model).items()})
         return {"loss": 1.0, "accuracy": 0.0, "macro_f1": curve[len(snapshots) - 1]}
 
     monkeypatch.setattr(train, "evaluate", scripted)
@@ -255,3 +255,70 @@ def test_head_learning_rate_groups():
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([2.5e-5, 2.5e-5, 5e-4, 5e-4]), "one multiplier for every group"
     with pytest.raises(ValueError, match="head_lr must be"):
         train.TrainConfig(head_lr=0)
+
+
+# ---------------------------------------------------------------- only the used embedding rows trainable
+
+
+def _low_id_data(n=48, seed=0):
+    """Token ids 4..29 only: rows 30..39 of the tiny vocabulary are never used."""
+    g = torch.Generator().manual_seed(seed)
+    ids = [torch.randint(4, 30, (int(torch.randint(3, 12, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+    return train.TextDataset(ids, [x[0] % 3 for x in ids])
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_only_used_rows_trainable_trains_the_same(weight_decay):
+    data = _low_id_data()
+    cfg = train.TrainConfig(lr=1e-2, epochs=3, batch_size=8, patience=None, weight_decay=weight_decay)
+    full, rows, inside = tiny_classifier(), tiny_classifier(), tiny_classifier()
+    before = rows.encoder.embeddings.word_embeddings.weight.detach().clone()
+    train.fit(full, data, data, train.TrainConfig(**{**cfg.__dict__, "used_embedding_rows_only": False}), progress=False)
+    embedding = rows.encoder.embeddings.word_embeddings
+    train.fit(rows, data, data, cfg, progress=False)  # the default: used rows only
+    assert rows.encoder.embeddings.word_embeddings is embedding, "the model's own nn.Embedding is put back"
+    with train.only_used_rows_trainable(inside, data):  # the same, by hand
+        assert inside.encoder.embeddings.word_embeddings is not embedding
+        assert train.count_parameters(inside) == train.count_parameters(full) - (40 - 26) * 16, \
+            "26 used ids (4..29) of 40: 14 rows of 16 fewer trainable weights"
+        train.fit(inside, data, data, cfg, progress=False)
+    assert states_equal(rows, inside)
+    a, b = full.state_dict(), rows.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        x, y = a[name], b[name]
+        if name.endswith("word_embeddings.weight"):
+            torch.testing.assert_close(y[4:30], x[4:30], atol=1e-5, rtol=1e-4, msg="used rows: the same training")
+            assert not torch.equal(y[4:30], before[4:30]), "the used rows were trained"
+            unused = [*range(4), *range(30, 40)]
+            assert torch.equal(y[unused], before[unused]), "rows no report uses stay as they were"
+            if weight_decay == 0:
+                torch.testing.assert_close(x[unused], before[unused], msg="without decay plain training leaves them too")
+            else:
+                assert x[unused].abs().sum() < before[unused].abs().sum(), "plain AdamW decays even unused rows"
+        else:
+            torch.testing.assert_close(y, x, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_only_used_rows_trainable_puts_the_rows_back_after_an_error():
+    data = _low_id_data()
+    model = tiny_classifier()
+    embedding = model.encoder.embeddings.word_embeddings
+    before = embedding.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with train.only_used_rows_trainable(model, data):
+            with torch.no_grad():
+                model.encoder.embeddings.word_embeddings.rows.add_(1.0)
+            raise RuntimeError("interrupted")
+    assert model.encoder.embeddings.word_embeddings is embedding
+    assert embedding.weight.requires_grad and isinstance(embedding.weight, torch.nn.Parameter)
+    assert torch.equal(embedding.weight[5], before[5] + 1) and torch.equal(embedding.weight[35], before[35]), \
+        "the rows changed inside the block are written back, the others kept"
+    out = model(torch.tensor([[5, 6, 35]]), torch.ones(1, 3, dtype=torch.long))
+    assert out.shape == (1, 3)
+    with pytest.raises(TypeError, match="word_embeddings"):
+        with train.only_used_rows_trainable(torch.nn.Linear(2, 2), data):
+            pass
+    with pytest.raises(ValueError, match="token ids in 0..39"):
+        with train.only_used_rows_trainable(model, train.TextDataset([[3, 41]], [0])):
+            pass
