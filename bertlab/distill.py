@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from typing import Sequence
 
 import torch
@@ -26,9 +27,14 @@ from bertlab import train
 #: 2-layer student stayed at 67% after an epoch at 5e-5 and reached 85% at 2e-4). Three of
 #: the six layers: on a GPU trial (500 test reports, teacher 0.890) 3-layer students reached
 #: 0.88-0.90, 2-layer ones 0.83-0.87 and 1-layer ones 0.58-0.72. Two epochs keep notebook 08,
-#: which trains three students, within its few minutes on 2 CPU cores.
+#: which trains two students, within its few minutes on 2 CPU cores.
+#: ``transfer``: extra reports of the teacher's fab, without labels, that the student also
+#: learns from (the teacher's logits as soft targets, its answer as the hard label): Hinton
+#: et al. (2015) distil on a "transfer set" that need not be labelled, and TinyBERT (Jiao et
+#: al. 2020) enlarges it for task-specific distillation.
 DISTILL_DEFAULTS = {"layers": [0, 2, 4], "temperature": 2.0, "alpha": 0.5, "epochs": 2, "lr": 3e-4, "head_lr": 1e-3,
-                    "batch_size": 16, "warmup_ratio": 0.1, "weight_decay": 0.01, "patience": 2, "seed": 0}
+                    "batch_size": 16, "warmup_ratio": 0.1, "weight_decay": 0.01, "patience": 2, "seed": 0,
+                    "transfer": 0}
 #: Overrides that train in seconds (grading mode, smoke tests).
 QUICK = {"epochs": 1}
 
@@ -153,7 +159,8 @@ def distill(student: nn.Module, teacher_logits_train: torch.Tensor, train_data: 
     """Train ``student`` on ``train_data`` with :func:`kd_loss` against ``teacher_logits_train`` (N, C).
 
     Everything else is :func:`bertlab.train.fit` (AdamW, warm-up and decay, clipping,
-    early stopping on the validation macro-F1 with plain labels). ``alpha = 0`` is
+    early stopping on the validation macro-F1 with plain labels; only the word-embedding
+    rows the training reports use are trained). ``alpha = 0`` is
     training on the labels only. Returns fit's :class:`~bertlab.train.TrainResult`.
     """
     if train_data.labels is None:
@@ -173,9 +180,12 @@ def distilled_student(fab: str = "A", task: str = "failure_type", *, teacher_ove
 
     ``teacher_overrides`` go to :func:`bertlab.train.finetuned_classifier` (e.g.
     ``bertlab.train.QUICK``); ``overrides`` change :data:`DISTILL_DEFAULTS` (``layers``,
-    ``temperature``, ``alpha`` (0: labels only), ``epochs``, ``lr``...). Trained on the
-    teacher's training reports and cached under a key of both configurations; ``info``
-    holds the teacher's info (``teacher``), the settings, the history and ``cached``.
+    ``temperature``, ``alpha`` (0: labels only), ``epochs``, ``lr``, ``transfer``...). Trained
+    on the teacher's training reports (plus ``transfer`` unlabelled ones, see
+    :func:`transfer_reports`) and cached under a key of both configurations; ``info`` holds
+    the teacher's info (``teacher``), the settings, the history, ``cached``, and the seconds
+    the training (``train_seconds``) and the whole build with the teacher's logits
+    (``build_seconds``) took.
     """
     from bertlab import cache, env
     from bertlab.data import make_splits
@@ -185,6 +195,8 @@ def distilled_student(fab: str = "A", task: str = "failure_type", *, teacher_ove
         raise TypeError(f"distilled_student got unknown settings {unknown}; known: {sorted(DISTILL_DEFAULTS)}")
     cfg = {**DISTILL_DEFAULTS, **overrides}
     cfg["layers"] = list(cfg["layers"])
+    if isinstance(cfg["transfer"], bool) or not isinstance(cfg["transfer"], int) or cfg["transfer"] < 0:
+        raise ValueError(f"transfer must be a number of unlabelled reports >= 0, got {cfg['transfer']!r}")
     teacher, tokenizer, tinfo = train.finetuned_classifier(fab, task, progress=progress, **(teacher_overrides or {}))
     _check_layers(cfg["layers"], teacher.encoder.config.num_hidden_layers)
     KDLoss(cfg["temperature"], cfg["alpha"])
@@ -192,6 +204,7 @@ def distilled_student(fab: str = "A", task: str = "failure_type", *, teacher_ove
     max_length = tinfo["config"]["max_length"]
 
     def build():
+        start = time.perf_counter()
         splits = make_splits(**tinfo["splits"])
         ids = {n: i for i, n in enumerate(tinfo["label_names"])}
         train_data = train.encode(tokenizer, [r.text for r in splits.train], [ids[getattr(r, task)] for r in splits.train],
@@ -199,6 +212,13 @@ def distilled_student(fab: str = "A", task: str = "failure_type", *, teacher_ove
         val = train.encode(tokenizer, [r.text for r in splits.validation],
                            [ids[getattr(r, task)] for r in splits.validation], max_length=max_length, num_labels=len(ids))
         z = cached_teacher_logits(teacher, train_data, tinfo)
+        if cfg["transfer"]:
+            extra = transfer_reports(tinfo["splits"], cfg["transfer"])
+            extra_ids = tokenizer([r.text for r in extra], truncation=True, max_length=max_length)["input_ids"]
+            z_extra = cached_teacher_logits(teacher, train.TextDataset(extra_ids), tinfo)
+            train_data = train.TextDataset(list(train_data.input_ids) + list(extra_ids),
+                                           list(train_data.labels) + z_extra.argmax(-1).tolist(), pad_id=train_data.pad_id)
+            z = torch.cat([z, z_extra])
         torch.manual_seed(cfg["seed"])
         student = student_from_teacher(teacher, cfg["layers"])
         config = train.TrainConfig(lr=cfg["lr"], head_lr=cfg["head_lr"], epochs=cfg["epochs"], batch_size=cfg["batch_size"],
@@ -206,7 +226,8 @@ def distilled_student(fab: str = "A", task: str = "failure_type", *, teacher_ove
                                    patience=cfg["patience"], seed=cfg["seed"])
         result = distill(student, z, train_data, val, config, temperature=cfg["temperature"], alpha=cfg["alpha"],
                          progress=progress)
-        meta = {"history": result.history, "best_epoch": result.best_epoch, "train_seconds": result.seconds}
+        meta = {"history": result.history, "best_epoch": result.best_epoch, "train_seconds": result.seconds,
+                "build_seconds": time.perf_counter() - start}  # training plus the teacher's logits
         return student.state_dict(), meta
 
     state, meta, hit = cache.cached_state(f"student-{task}", key_config, build)
@@ -214,8 +235,23 @@ def distilled_student(fab: str = "A", task: str = "failure_type", *, teacher_ove
     student.load_state_dict(state)
     student = student.to(env.get_device()).eval()
     info = {"teacher": tinfo, "settings": cfg, "cached": hit, "path": str(cache.path_for(f"student-{task}", key_config)),
-            **{k: meta.get(k) for k in ("history", "best_epoch", "train_seconds")}}
+            **{k: meta.get(k) for k in ("history", "best_epoch", "train_seconds", "build_seconds")}}
     return student, tokenizer, info
+
+
+def transfer_reports(splits: dict, n: int) -> list:
+    """``n`` more reports of the split's fab, none a near-duplicate of its train, validation or test reports.
+
+    ``splits`` are the keyword arguments of :func:`bertlab.data.make_splits` (a teacher's
+    ``info["splits"]``); the reports follow its training reports in the same stream, and
+    their labels are not used (the teacher labels them).
+    """
+    from bertlab.data import make_splits
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"transfer must be a positive number of reports, got {n!r}")
+    n_train = splits["n_train"]
+    return make_splits(**{**splits, "n_train": n_train + n}).train[n_train:]
 
 
 def cached_teacher_logits(teacher: nn.Module, data: train.TextDataset, tinfo: dict) -> torch.Tensor:

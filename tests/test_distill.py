@@ -206,6 +206,24 @@ def test_distilled_student_rejects_unknown_settings():
         distill.distilled_student(layer=[0])
 
 
+def test_transfer_reports_are_new_reports_of_the_fab():
+    from bertlab.data import make_splits, near_duplicate_key
+
+    args = {"fab": "A", "n_train": 40, "n_val": 20, "n_test": 30, "seed": 0}
+    extra = distill.transfer_reports(args, 25)
+    assert len(extra) == 25 and {r.fab for r in extra} == {"A"}
+    splits = make_splits(**args)
+    seen = {near_duplicate_key(r.text) for part in splits for r in part}
+    assert not seen & {near_duplicate_key(r.text) for r in extra}, "a transfer report repeats a train/val/test report"
+    assert len({near_duplicate_key(r.text) for r in extra}) == 25, "transfer reports repeat each other"
+    assert [r.text for r in extra] == [r.text for r in make_splits(**{**args, "n_train": 65}).train[40:]]
+    for bad in (0, -3, True, 2.5):
+        with pytest.raises(ValueError, match="transfer"):
+            distill.transfer_reports(args, bad)
+    with pytest.raises(ValueError, match="transfer"):
+        distill.distilled_student(transfer=-1)
+
+
 @pytest.mark.slow
 def test_distilled_student_is_cached(tmp_path, monkeypatch):
     """The course's student on the quick teacher: trained once, then loaded with the same weights."""
@@ -218,3 +236,8 @@ def test_distilled_student_is_cached(tmp_path, monkeypatch):
         assert torch.equal(a.cpu(), b.cpu()), f"{name} differs between the trained and the cached student"
     other, _, info3 = distill.distilled_student(teacher_overrides=train.QUICK, progress=False, **distill.QUICK, alpha=0.0)
     assert not info3["cached"], "another alpha is another model: it must not come from the same cache entry"
+    more, _, info4 = distill.distilled_student(teacher_overrides=train.QUICK, progress=False, **distill.QUICK, transfer=32)
+    assert not info4["cached"] and info4["settings"]["transfer"] == 32
+    assert info4["build_seconds"] >= info4["train_seconds"] > 0
+    assert not all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(first.state_dict().values(), more.state_dict().values())), \
+        "32 more reports to learn from must give another student"
