@@ -39,13 +39,14 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
-# Run every solution notebook top to bottom and print the wall time of each.
+# Run every solution notebook top to bottom; print the wall time of each and the ten slowest
+# cells (all cells' times: .course/cell_timings.csv).
 course: setup
-	$(BIN)/python -m bertlab.course run solutions
+	$(BIN)/python -m bertlab.instructor.course run solutions
 
 # Regenerate the student notebooks in notebooks/ from solutions/ (outputs cleared).
 release: setup
-	$(BIN)/python -m bertlab.course release
+	$(BIN)/python -m bertlab.instructor.course release
 
 # Check your own work: `make validate NB=notebooks/00-welcome/00-welcome.ipynb`
 validate: setup

@@ -1,11 +1,14 @@
-"""Time nbgrader autograding of the simulated class (bertlab.grading).
+"""Time nbgrader autograding of the simulated class (bertlab.instructor.grading).
 
-Run: ``python benchmarks/grading.py [NAMES] [--keep DIR]`` (default: every notebook in
-solutions/, or $BERTLAB_CLASS). Builds the throwaway course, fabricates one submission per
-scenario for each notebook, runs ``nbgrader autograde`` once per notebook over the whole class
-(sequentially, as an instructor would) and prints, per notebook, the wall seconds per
-submission, the CPU seconds per submission (nbgrader and its kernels) and the load average
-when it finished, then a per-student table. The last line is one JSON object.
+Run: ``python benchmarks/grading.py [NAMES] [--keep DIR] [--workers N]`` (default: every
+notebook in solutions/, or $BERTLAB_CLASS). Builds the throwaway course, fabricates one
+submission per scenario for each notebook, runs ``nbgrader autograde`` once per notebook over
+the whole class (``--workers`` notebooks at once, default $BERTLAB_GRADE_WORKERS or one per
+CPU; 1 grades them one after another, as an instructor would) and prints, per notebook, the
+wall seconds per submission, the CPU seconds per submission (nbgrader and its kernels) and the
+load average when it finished, then a per-student table and the whole class's wall seconds per
+submission against the sum of its notebooks' (what one worker would have taken). The last line
+is one JSON object.
 
 Each submission is one kernel running the notebook top to bottom with NBGRADER_EXECUTION set;
 the infinite-loop student adds one cell timeout (``CLASS_TIMEOUT``, 30 s here, 180 s in the
@@ -27,22 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bertlab import grading  # noqa: E402
+from bertlab.instructor import course, grading  # noqa: E402
 
 TARGET_S = 20.0
-
-
-def _cell_seconds(nb) -> list[tuple[float, str]]:
-    """(seconds, cell id) of each executed code cell, from nbclient's timing metadata."""
-    from datetime import datetime
-
-    out = []
-    for cell in nb.cells:
-        t = cell.get("metadata", {}).get("execution", {})
-        if cell.cell_type == "code" and "iopub.execute_input" in t and "shell.execute_reply" in t:
-            a, b = (datetime.fromisoformat(t[k].replace("Z", "+00:00")) for k in ("iopub.execute_input", "shell.execute_reply"))
-            out.append(((b - a).total_seconds(), cell.get("id", "?")))
-    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -50,6 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("names", nargs="*", help="assignments (default: $BERTLAB_CLASS, else all)")
     parser.add_argument("--keep", type=Path, help="build the course in this (new) folder and keep it")
     parser.add_argument("--timeout", type=int, default=grading.CLASS_TIMEOUT, help="per-cell timeout (s)")
+    parser.add_argument("--workers", type=int, help="notebooks graded at once (default: $BERTLAB_GRADE_WORKERS, else CPUs)")
     args = parser.parse_args(argv)
     tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="bertlab-bench-")
     folder = Path(args.keep or tmp.name)
@@ -57,22 +48,23 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.time()
     try:
         run = grading.run_class(folder, args.names or grading.class_names(), timeout=args.timeout,
-                                log=lambda msg: print(msg, flush=True))
+                                log=lambda msg: print(msg, flush=True), workers=args.workers)
         bad = grading.report(run)
         # the perfect student's slowest cell: how close a normal cell comes to the class timeout
         slowest = {}
         for a in run.autograde_seconds:
-            cells = _cell_seconds(grading.read(run.autograded("perfect", a)))
+            cells = course.cell_seconds(grading.read(run.autograded("perfect", a)))
             if cells:
-                sec, cid = max(cells)
-                slowest[a] = {"cell": cid, "seconds": round(sec, 1), "cells_total_s": round(sum(c for c, _ in cells), 1)}
+                top = max(cells, key=lambda c: c.seconds)
+                slowest[a] = {"cell": top.cell_id, "seconds": round(top.seconds, 1),
+                              "cells_total_s": round(sum(c.seconds for c in cells), 1)}
     finally:
         if tmp is not None:
             tmp.cleanup()
     total = time.time() - start
     n = len(grading.SCENARIOS)
-    per_nb = {a: round(s / n, 1) for a, s in run.autograde_seconds.items()}
-    cpu_nb = {a: round(s / n, 1) for a, s in run.autograde_cpu.items()}
+    per_nb = {a: round(run.autograde_seconds[a] / n, 1) for a in sorted(run.autograde_seconds)}  # workers end in any order
+    cpu_nb = {a: round(run.autograde_cpu[a] / n, 1) for a in per_nb}
     print()
     print(f"{'notebook':<18} {'s/submission':>12} {'CPU s/sub':>10} {'load':>6} {'slowest cell (perfect)':>24}"
           f"  (target <= {TARGET_S:g} s)")
@@ -82,6 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"{sc.get('seconds', float('nan')):>14.1f} s {sc.get('cell', ''):>7}  "
               f"{'ok' if per_nb[a] <= TARGET_S else 'over target'}")
     graded = sum(run.autograde_seconds.values())
+    subs = len(run.submissions)
+    print(f"{run.workers} worker(s): the class took {run.grade_seconds / subs:.1f} s of wall time per submission "
+          f"(autograde and feedback); its notebooks' autograde runs add up to {graded / subs:.1f} s per submission")
     out = {
         "seconds_per_submission": per_nb,
         "cpu_seconds_per_submission": cpu_nb,
@@ -91,8 +86,10 @@ def main(argv: list[str] | None = None) -> dict:
         "submissions_per_notebook": n,
         "autograde_seconds_total": round(graded, 1),
         "class_seconds_total": round(total, 1),  # course set-up, feedback and export included
+        "workers": run.workers,
+        "grade_wall_seconds_per_submission": round(run.grade_seconds / subs, 1),  # all workers, feedback included
         "graded_as_expected": len(run.submissions) - len(bad),
-        "submissions": len(run.submissions),
+        "submissions": subs,
         "cell_timeout_s": args.timeout,
         "target_s": TARGET_S,
         "load_average": {"before": round(load_before, 1), **{a: round(v, 1) for a, v in run.load.items()}},

@@ -1,9 +1,9 @@
 """Grading you can trust: a simulated class autograded by nbgrader, and the self-study check.
 
-The slow tests build a throwaway course from solutions/ (bertlab.grading), fabricate one
+The slow tests build a throwaway course from solutions/ (bertlab.instructor.grading), fabricate one
 submission per scenario for every notebook, and run ``nbgrader autograde``,
 ``generate_feedback`` and ``export`` over the class once (module fixture); each test then
-reads what that run left behind. See bertlab/grading.py for the scenarios and how their
+reads what that run left behind. See bertlab/instructor/grading.py for the scenarios and how their
 expected scores are computed from the test cells' points.
 """
 import json
@@ -11,12 +11,11 @@ import os
 import re
 import subprocess
 import sys
-import warnings
 
 import nbformat
 import pytest
 
-from bertlab import course, grading
+from bertlab.instructor import course, grading
 
 NAMES = grading.class_names() or course.assignments()  # $BERTLAB_CLASS limits the simulated class
 PLAN = grading.class_plan(NAMES)  # every scenario on some notebooks, the core ones on the rest
@@ -51,7 +50,7 @@ def test_course_config_for_trustworthy_grading():
     cfg = course.load_config()
     assert cfg.Execute.timeout == 180 and cfg.Execute.interrupt_on_timeout, "a stuck cell must be stopped"
     assert cfg.OverwriteCells.add_missing_cells, "a deleted test cell must be added back and graded"
-    assert "bertlab.grading.HideHiddenTests" in cfg.GenerateFeedback.preprocessors, "feedback must hide hidden tests"
+    assert "bertlab.instructor.grading.HideHiddenTests" in cfg.GenerateFeedback.preprocessors, "feedback must hide hidden tests"
     assert cfg.IgnorePattern.enabled
 
 
@@ -97,7 +96,8 @@ def test_other_stderr_still_costs_the_points():
 
 
 def test_feedback_preprocessor_hides_hidden_source_and_traceback():
-    source = "assert f(1) == 1, 'visible'\n### BEGIN HIDDEN TESTS\nsecret = f(-1)\nassert secret == 0, 'f of a negative'\n### END HIDDEN TESTS"
+    source = ("assert f(1) == 1, 'visible'\n### BEGIN HIDDEN TESTS\n"
+              "secret = f(-1)\nassert secret == 0, 'f of a negative'\n### END HIDDEN TESTS")
     cell = nbformat.v4.new_code_cell(source, metadata={"nbgrader": {
         "grade": True, "grade_id": "t", "points": 1, "solution": False, "locked": True, "schema_version": 3}})
     cell.outputs = [nbformat.v4.new_output("error", ename="AssertionError", evalue="f of a negative",
@@ -121,6 +121,65 @@ def test_class_plan():
     assert set(grading.FULL_CLASS_NOTEBOOKS) <= set(course.assignments()), "FULL_CLASS_NOTEBOOKS names a missing notebook"
     with pytest.raises(ValueError, match="unknown"):
         grading.run_class(course.ROOT / ".no-such-class", ["00-welcome"], scenarios={"00-welcome": ("napping",)})
+
+
+# --------------------------------------------------------------------------- fast: parallel grading
+def test_shards_cover_every_assignment_once_and_balance():
+    plan = {"00-a": grading.SCENARIOS, "01-b": grading.CORE_SCENARIOS, "02-c": grading.CORE_SCENARIOS,
+            "03-d": (), "04-e": grading.SCENARIOS, "05-f": grading.CORE_SCENARIOS}
+    graded = [n for n in plan if plan[n]]
+    for workers in (1, 2, 3, 10):
+        shards = grading._shards(plan, workers)
+        assert len(shards) == min(workers, len(graded))
+        assert sorted(n for shard in shards for n in shard) == graded, "each assignment with students, once"
+        assert all(shard == sorted(shard) for shard in shards), "a shard grades in course order"
+        loads = [sum(len(plan[n]) for n in shard) for shard in shards]
+        assert max(loads) - min(loads) <= len(grading.SCENARIOS), loads
+    assert not any({"00-a", "04-e"} <= set(shard) for shard in grading._shards(plan, 2)), "the big two apart"
+    with pytest.raises(ValueError, match="workers"):
+        grading.run_class(course.ROOT / ".no-such-class", ["00-welcome"], workers=0)
+
+
+@pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")  # nbgrader's add_submission: see grading._merge
+def test_merging_shards_gives_the_union(tmp_path, monkeypatch):
+    """Two graded shards (copies of one course, tiny files, scores written with nbgrader's API)
+    merge into the course's gradebook and folders."""
+    from nbgrader.api import Gradebook
+
+    monkeypatch.setenv("PATH", f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")  # alembic
+    course_dir = tmp_path / "course"
+    (course_dir / "solutions").mkdir(parents=True)
+    (course_dir / "nbgrader_config.py").write_text("c = get_config()\n")
+    with Gradebook(f"sqlite:///{course_dir / 'gradebook.db'}") as gb:
+        for name in ("00-a", "01-b"):
+            (course_dir / "solutions" / name).mkdir()
+            gb.add_assignment(name)
+            gb.add_notebook(name, name)
+            gb.add_grade_cell("test", name, name, max_score=2, cell_type="code")
+            gb.add_solution_cell("answer", name, name)
+    graded = {("perfect", "00-a"): 2.0, ("blank", "00-a"): 0.0, ("perfect", "01-b"): 2.0, ("partial", "01-b"): 1.0}
+    shards = [grading._shard_course(course_dir, tmp_path / "shards" / str(k), [name])
+              for k, name in enumerate(("00-a", "01-b"))]  # as run_class does: all copied, then graded
+    for k, (shard, name) in enumerate(zip(shards, ("00-a", "01-b"))):
+        with Gradebook(f"sqlite:///{shard / 'gradebook.db'}") as gb:
+            for (student, a), points in graded.items():
+                if a == name:
+                    gb.add_student(student)
+                    gb.add_submission(name, student)
+                    gb.find_grade("test", name, name, student).auto_score = points
+                    gb.find_comment("answer", name, name, student).auto_comment = f"{student} in shard {k}"
+                    for tree, ext in (("autograded", "ipynb"), ("feedback", "html")):
+                        page = shard / tree / student / name / f"{name}.{ext}"
+                        page.parent.mkdir(parents=True)
+                        page.write_text(student)
+            gb.db.commit()
+        grading._merge(course_dir, shard, [name])
+    assert grading.gradebook_scores(course_dir) == {key: {"test": v} for key, v in graded.items()}
+    with Gradebook(f"sqlite:///{course_dir / 'gradebook.db'}") as gb:
+        assert gb.find_comment("answer", "01-b", "01-b", "partial").auto_comment == "partial in shard 1"
+    run = grading.ClassRun(course_dir, [])
+    for student, a in graded:
+        assert run.autograded(student, a).read_text() == run.feedback(student, a).read_text() == student
 
 
 # --------------------------------------------------------------------------- fast: fabrication

@@ -5,7 +5,7 @@ import os
 import nbformat
 import pytest
 
-from bertlab import course, grading
+from bertlab.instructor import course, grading
 
 SOLUTIONS = course.notebook_paths("solutions")
 RELEASED = course.notebook_paths("notebooks")
@@ -94,3 +94,26 @@ def test_every_solution_runs_top_to_bottom(tmp_path, capsys):
         results = course.run_course(SOLUTIONS, out_dir=tmp_path)
     failed = {r.notebook: r.error for r in results if not r.ok}
     assert not failed, f"notebooks failed: {failed}"
+
+
+def test_cell_timings_show_where_the_time_goes(tmp_path, capsys):
+    """run_course times every code cell (nbclient's timestamps) and ranks the slowest."""
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_markdown_cell("A pause:"),
+        nbformat.v4.new_code_cell("import time\ntime.sleep(0.3)"),
+        nbformat.v4.new_code_cell("y = x + 1"),
+    ])
+    path = tmp_path / "nap" / "nap.ipynb"
+    path.parent.mkdir()
+    nbformat.write(nb, path)
+    [result] = course.run_course([path], out_dir=tmp_path / "out")
+    assert result.ok, result.error
+    assert [c.index for c in result.cells] == [0, 2, 3], "one timing per code cell, indexed among all cells"
+    notebook, slowest = course.slowest_cells([result])[0]
+    assert (notebook, slowest.index, slowest.first_line) == ("nap.ipynb", 2, "import time")
+    assert 0.3 <= slowest.seconds < 1.5, f"time.sleep(0.3) measured {slowest.seconds:.3f} s"
+    printed = capsys.readouterr().out.split("the ten slowest cells of the course")[1].splitlines()
+    assert "import time" in printed[2], printed
+    rows = (tmp_path / "out" / "cell_timings.csv").read_text().splitlines()
+    assert rows[0] == "notebook,cell,cell_id,seconds,first_line" and len(rows) == 4, rows

@@ -1,11 +1,12 @@
 """Grading you can trust: a simulated class, autograded by nbgrader end to end.
 
-``python -m bertlab.grading class [NAMES] [--keep DIR]`` builds a throwaway nbgrader course from
-solutions/ (its own gradebook and exchange, in a temporary folder), fabricates one submission
-per scenario for every assignment, runs ``nbgrader autograde``, ``generate_feedback`` and
-``export`` over the whole class, and prints each student's score against the score the
-scenario must get. The test (tests/test_grading.py) and the benchmark (benchmarks/grading.py)
-use the same functions.
+``python -m bertlab.instructor.grading class [NAMES] [--keep DIR]`` builds a throwaway nbgrader
+course from solutions/ (its own gradebook and exchange, in a temporary folder), fabricates one
+submission per scenario for every assignment, runs ``nbgrader autograde``, ``generate_feedback``
+and ``export`` over the whole class, and prints each student's score against the score the
+scenario must get. $BERTLAB_GRADE_WORKERS workers (default: one per CPU) grade shares of the
+assignments at once, each in its own copy of the course, merged back before the export. The
+test (tests/test_grading.py) and the benchmark (benchmarks/grading.py) use the same functions.
 
 Every student hands in every notebook, fabricated from the released student version:
 
@@ -34,8 +35,9 @@ earns its points when every exercise up to and including its own is correct, els
 run top to bottom, so a test can use earlier exercises but never later ones). That is why a
 broken exercise is always the last one: everything before it must still get full marks.
 
-The throwaway course uses a 30 s cell timeout (``CLASS_TIMEOUT``) so the infinite loop costs
-30 s, not the real course's 180 s; no cell of a notebook in grading mode may come near it.
+The throwaway course uses a 60 s cell timeout (``CLASS_TIMEOUT``) so the infinite loop costs
+60 s, not the real course's 180 s; no cell of a notebook in grading mode may come near it, even
+with two workers grading at once on 2 cores.
 """
 from __future__ import annotations
 
@@ -45,12 +47,13 @@ import html
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,13 +61,13 @@ from nbgrader import utils as nbgrader_utils
 from nbgrader.preprocessors import ClearHiddenTests
 from traitlets import List, Unicode
 
-from bertlab import course
+from bertlab.instructor import course
 
 ROOT = course.ROOT
 
 #: Per-cell timeout (seconds) of the simulated class ($BERTLAB_CLASS_TIMEOUT); the real course
-#: (nbgrader_config.py) uses 180.
-CLASS_TIMEOUT = int(os.environ.get("BERTLAB_CLASS_TIMEOUT", "30"))
+#: (nbgrader_config.py) uses 180. 30 s cut a slow imports cell off when two workers shared 2 busy cores.
+CLASS_TIMEOUT = int(os.environ.get("BERTLAB_CLASS_TIMEOUT", "60"))
 
 SCENARIOS = ("perfect", "blank", "partial", "syntax-error", "exception", "infinite-loop",
              "deleted-test", "edited-test", "stderr-warnings", "out-of-order")
@@ -279,7 +282,7 @@ def fabricate(assignment: str, solution_nb, released_nb, scenarios=SCENARIOS) ->
                 edit[ex[0]] = fill(sol[ex[0]].source, lambda body, indent: _indented(variant[ex[0]], indent))
                 vis, note = 0, "passes the visible tests, fails a hidden one"
             elif n == 1 and s == "partial":
-                note = f"one exercise and no VISIBLE_ONLY entry: same as blank"
+                note = "one exercise and no VISIBLE_ONLY entry: same as blank"
             weaken = [t.grade_id for t in lay.tests if t.exercise >= half] if s == "edited-test" else []
             nb, exp = build(edit, weaken=weaken), lay.score(ok, visible_only=vis)
         elif s in ("syntax-error", "exception"):
@@ -313,18 +316,37 @@ def fabricate(assignment: str, solution_nb, released_nb, scenarios=SCENARIOS) ->
 
 # --------------------------------------------------------------------------- the course
 def nbgrader(course_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run an nbgrader command in ``course_dir`` (it reads that folder's nbgrader_config.py).
-
-    The venv's bin/ goes first on PATH: nbgrader runs the ``alembic`` executable when it
-    creates a gradebook, and fails with "No such file or directory: 'alembic'" without it.
-    """
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course_dir,
-                          capture_output=True, text=True, env=env)
+    """Run an nbgrader command in ``course_dir`` (it reads that folder's nbgrader_config.py)."""
+    proc, _ = _nbgrader_cpu(course_dir, *args)
     if check and proc.returncode != 0:
         raise RuntimeError(f"nbgrader {' '.join(args)} exited {proc.returncode}:\n"
                            f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def _nbgrader_cpu(course_dir: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Run an nbgrader command; return its result and the CPU seconds it and its kernels used.
+
+    The venv's bin/ goes first on PATH: nbgrader runs the ``alembic`` executable when it
+    creates a gradebook, and fails with "No such file or directory: 'alembic'" without it.
+    os.wait4 measures this one process tree; RUSAGE_CHILDREN would also count the nbgrader
+    runs of the other grading workers that ended meanwhile.
+    """
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    cmd = [sys.executable, "-m", "nbgrader", *args]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        child = subprocess.Popen(cmd, cwd=course_dir, stdout=out, stderr=err, env=env)
+        try:
+            _, status, usage = os.wait4(child.pid, 0)
+        except BaseException:  # e.g. Ctrl-C: leave no nbgrader (and kernels) running
+            child.kill()
+            child.wait()
+            raise
+        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        out.seek(0), err.seek(0)
+        stdout, stderr = (f.read().decode(errors="replace") for f in (out, err))
+    proc = subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
+    return proc, usage.ru_utime + usage.ru_stime
 
 
 def make_course(course_dir: Path, names: list[str] | None = None, timeout: int = CLASS_TIMEOUT,
@@ -339,7 +361,7 @@ def make_course(course_dir: Path, names: list[str] | None = None, timeout: int =
                         dirs_exist_ok=True, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     config = (Path(repo) / "nbgrader_config.py").read_text()
     config += (
-        "\n\n# --- simulated class (bertlab.grading): a throwaway course in this folder ---\n"
+        "\n\n# --- simulated class (bertlab.instructor.grading): a throwaway course in this folder ---\n"
         "c.Exchange.root = os.path.join(c.CourseDirectory.root, 'exchange')\n"
         f"c.Execute.timeout = {int(timeout)}  # the real course: 180 s\n"
     )
@@ -378,6 +400,8 @@ class ClassRun:
     scores: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)  # (student, a) -> cell -> pts
     exported: dict[tuple[str, str], float] = field(default_factory=dict)  # (student, a) -> score (grades.csv)
     logs: dict[str, str] = field(default_factory=dict)
+    workers: int = 1  # assignments graded at once
+    grade_seconds: float = 0.0  # wall time of autograde and feedback, all workers
 
     def submission(self, student: str, assignment: str) -> Submission:
         return next(s for s in self.submissions if s.student == student and s.assignment == assignment)
@@ -389,18 +413,12 @@ class ClassRun:
         return self.course_dir / "feedback" / student / assignment / f"{assignment}.html"
 
 
-def _children_cpu() -> float:
-    """CPU seconds of the finished child processes and their descendants (kernels included)."""
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def gradebook_scores(course_dir: Path) -> dict[tuple[str, str], dict[str, float]]:
     """Autograded points of every graded cell, from the course's gradebook."""
     from nbgrader.api import Gradebook
 
     out = {}
-    with Gradebook(f"sqlite:///{Path(course_dir) / 'gradebook.db'}") as gb:
+    with Gradebook(_gradebook_url(course_dir)) as gb:
         for a in gb.assignments:
             for sub in gb.assignment_submissions(a.name):
                 for nb in sub.notebooks:
@@ -408,14 +426,121 @@ def gradebook_scores(course_dir: Path) -> dict[tuple[str, str], dict[str, float]
     return out
 
 
+def _gradebook_url(course_dir: Path) -> str:
+    return f"sqlite:///{Path(course_dir) / 'gradebook.db'}"
+
+
+def grade_workers() -> int:
+    """Grading workers of the simulated class: $BERTLAB_GRADE_WORKERS, else one per CPU."""
+    value = os.environ.get("BERTLAB_GRADE_WORKERS") or str(os.cpu_count() or 1)
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"BERTLAB_GRADE_WORKERS: expected a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def _shards(plan: dict[str, tuple[str, ...]], workers: int) -> list[list[str]]:
+    """The assignments of ``plan`` that have students, split among at most ``workers`` workers
+    by cost (submissions): the largest first, each to the least loaded worker, so the biggest
+    notebooks go to different workers. Each shard keeps the course order."""
+    graded = [n for n in plan if plan[n]]
+    shards: list[list[str]] = [[] for _ in range(min(workers, len(graded)))]
+    loads = [0] * len(shards)
+    for name in sorted(graded, key=lambda n: -len(plan[n])):  # sorted() is stable: course order on ties
+        k = loads.index(min(loads))
+        shards[k].append(name)
+        loads[k] += len(plan[name])
+    return [[n for n in graded if n in shard] for shard in shards]
+
+
+def _shard_course(course_dir: Path, shard_dir: Path, names: list[str]) -> Path:
+    """A copy of the course that grades ``names`` only: the config, the gradebook (so its
+    assignments and cells are the course's), their solutions and their submissions."""
+    shard_dir.mkdir(parents=True)
+    for f in ("nbgrader_config.py", "gradebook.db"):
+        shutil.copy2(course_dir / f, shard_dir / f)
+    for name in names:
+        shutil.copytree(course_dir / "solutions" / name, shard_dir / "solutions" / name)
+        for sub in (course_dir / "submitted").glob(f"*/{name}"):
+            shutil.copytree(sub, shard_dir / "submitted" / sub.parent.name / name)
+    return shard_dir
+
+
+def _merge(course_dir: Path, shard_dir: Path, names: list[str]) -> None:
+    """Bring a graded shard back: its autograded/ and feedback/ folders, and its submissions of
+    ``names`` (students, grades, comments, flags) into the course's gradebook."""
+    from nbgrader.api import Gradebook
+    from sqlalchemy.exc import SAWarning
+
+    for tree in ("autograded", "feedback"):
+        if (shard_dir / tree).is_dir():
+            shutil.copytree(shard_dir / tree, course_dir / tree, dirs_exist_ok=True)
+    with (Gradebook(_gradebook_url(shard_dir)) as src, Gradebook(_gradebook_url(course_dir)) as dst,
+          warnings.catch_warnings()):
+        # nbgrader's add_submission trips SQLAlchemy 2's "not in session, add operation ... will
+        # not proceed" during autoflush; the rows are saved all the same (the merge test reads them)
+        warnings.simplefilter("ignore", SAWarning)
+        for name in names:
+            for sub in src.assignment_submissions(name):
+                st = sub.student
+                dst.update_or_create_student(st.id, first_name=st.first_name, last_name=st.last_name,
+                                             email=st.email, lms_user_id=st.lms_user_id)
+                # add_submission creates an empty grade and comment for every cell; fill them in
+                dst.add_submission(name, st.id, timestamp=sub.timestamp, extension=sub.extension)
+                for nb in sub.notebooks:
+                    into = dst.find_submission_notebook(nb.name, name, st.id)
+                    into.flagged = nb.flagged
+                    grades = {g.name: g for g in into.grades}
+                    for g in nb.grades:
+                        for col in ("auto_score", "manual_score", "extra_credit", "needs_manual_grade"):
+                            setattr(grades[g.name], col, getattr(g, col))
+                    comments = {c.name: c for c in into.comments}
+                    for c in nb.comments:
+                        comments[c.name].auto_comment = c.auto_comment
+                        comments[c.name].manual_comment = c.manual_comment
+        dst.db.commit()
+
+
+def _grade(course_dir: Path, name: str, students: tuple[str, ...], run: ClassRun, log) -> None:
+    """Autograde one assignment in ``course_dir`` (the course or a shard of it) and generate its
+    feedback; record the times, exit status and logs in ``run`` (each worker its own keys)."""
+    start = time.time()
+    # nbgrader grades the other students when one fails and exits 1 at the end: record it,
+    # and let the callers see which submissions were not graded
+    proc, cpu = _nbgrader_cpu(course_dir, "autograde", name, "--force")
+    seconds = time.time() - start
+    run.autograde_rc[name] = proc.returncode
+    run.autograde_seconds[name] = seconds
+    run.autograde_cpu[name] = cpu
+    run.load[name] = os.getloadavg()[0]
+    run.logs[f"autograde {name}"] = proc.stdout + proc.stderr
+    # the autograded notebook is written when its student is done: the gaps are per-student times
+    graded = [course_dir / "autograded" / s / name / f"{name}.ipynb" for s in students]
+    done = sorted((p.stat().st_mtime, s) for s, p in zip(students, graded) if p.exists())
+    prev, run.student_seconds[name] = start, {}
+    for t, s in done:
+        run.student_seconds[name][s] = t - prev
+        prev = t
+    log(f"autograded {name}: {len(done)}/{len(students)} submissions in {seconds:.1f} s, "
+        f"{seconds / len(students):.1f} s per submission "
+        f"(CPU {cpu / len(students):.1f} s; load average {run.load[name]:.1f})"
+        + (f"; nbgrader exited {proc.returncode}" if proc.returncode else ""))
+    proc = nbgrader(course_dir, "generate_feedback", name, "--force")
+    run.logs[f"generate_feedback {name}"] = proc.stdout + proc.stderr
+
+
 def run_class(course_dir: Path, names: list[str] | None = None, scenarios=SCENARIOS,
-              timeout: int = CLASS_TIMEOUT, log=print) -> ClassRun:
+              timeout: int = CLASS_TIMEOUT, log=print, workers: int | None = None) -> ClassRun:
     """Build the course, fabricate the class, autograde, generate feedback and export.
 
     ``scenarios``: the students of every notebook (a tuple of :data:`SCENARIOS`), or a dict
     ``{notebook: scenarios}`` such as :func:`class_plan` gives (notebooks not in it: none).
+    ``workers`` (default :func:`grade_workers`): assignments graded at once, each worker in its
+    own copy of the course, merged back before the export; 1 grades in ``course_dir`` alone.
     """
     course_dir = Path(course_dir)
+    workers = grade_workers() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers: expected at least 1, got {workers}")
     names = list(names or course.assignments())
     plan = {n: tuple(scenarios.get(n, ())) if isinstance(scenarios, dict) else tuple(scenarios) for n in names}
     unknown = sorted({s for v in plan.values() for s in v} - set(SCENARIOS))
@@ -428,33 +553,26 @@ def run_class(course_dir: Path, names: list[str] | None = None, scenarios=SCENAR
         released = read(course_dir / "notebooks" / name / f"{name}.ipynb")
         subs += fabricate(name, solution, released, plan[name])
     write_submissions(course_dir, subs)
-    run = ClassRun(course_dir, subs)
-    for name in names:
-        scenarios = plan[name]
-        if not scenarios:
-            continue
-        start, cpu = time.time(), _children_cpu()
-        # nbgrader grades the other students when one fails and exits 1 at the end: record it,
-        # and let the callers see which submissions were not graded
-        proc = nbgrader(course_dir, "autograde", name, "--force", check=False)
-        run.autograde_rc[name] = proc.returncode
-        run.autograde_seconds[name] = time.time() - start
-        run.autograde_cpu[name] = _children_cpu() - cpu
-        run.load[name] = os.getloadavg()[0]
-        run.logs[f"autograde {name}"] = proc.stdout + proc.stderr
-        # the autograded notebook is written when its student is done: the gaps are per-student times
-        done = sorted((run.autograded(s, name).stat().st_mtime, s) for s in scenarios
-                      if run.autograded(s, name).exists())
-        prev, run.student_seconds[name] = start, {}
-        for t, s in done:
-            run.student_seconds[name][s] = t - prev
-            prev = t
-        log(f"autograded {name}: {len(done)}/{len(scenarios)} submissions in {run.autograde_seconds[name]:.1f} s, "
-            f"{run.autograde_seconds[name] / len(scenarios):.1f} s per submission "
-            f"(CPU {run.autograde_cpu[name] / len(scenarios):.1f} s; load average {run.load[name]:.1f})"
-            + (f"; nbgrader exited {proc.returncode}" if proc.returncode else ""))
-        proc = nbgrader(course_dir, "generate_feedback", name, "--force")
-        run.logs[f"generate_feedback {name}"] = proc.stdout + proc.stderr
+    shards = _shards(plan, workers)
+    run = ClassRun(course_dir, subs, workers=max(len(shards), 1))
+    log(f"grading {len(subs)} submissions with {run.workers} worker(s): {shards}")
+
+    def grade(folder: Path, shard: list[str]) -> None:
+        for name in shard:
+            _grade(folder, name, plan[name], run, log)
+
+    start = time.time()
+    if len(shards) > 1:
+        folders = [_shard_course(course_dir, course_dir / "shards" / str(k), shard) for k, shard in enumerate(shards)]
+        with ThreadPoolExecutor(len(shards)) as pool:  # threads suffice: the work is nbgrader's processes
+            list(pool.map(grade, folders, shards))  # list(): a worker's exception is raised here
+        for folder, shard in zip(folders, shards):
+            _merge(course_dir, folder, shard)
+        shutil.rmtree(course_dir / "shards")
+    else:
+        for shard in shards:
+            grade(course_dir, shard)
+    run.grade_seconds = time.time() - start
     proc = nbgrader(course_dir, "export")
     run.logs["export"] = proc.stdout + proc.stderr
     with open(course_dir / "grades.csv") as fh:
@@ -598,7 +716,7 @@ def class_names() -> list[str] | None:
 
 # --------------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bertlab.grading", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bertlab.instructor.grading", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     cls = sub.add_parser("class", help="autograde a simulated class and compare every score with the expected one")

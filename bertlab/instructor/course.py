@@ -1,23 +1,26 @@
 """Course tooling: release the student notebooks and run the course end to end.
 
-``python -m bertlab.course release`` regenerates notebooks/ from solutions/ with
+``python -m bertlab.instructor.course release`` regenerates notebooks/ from solutions/ with
 ``nbgrader generate_assignment`` (outputs cleared, solutions stubbed).
-``python -m bertlab.course run [solutions|notebooks|PATH ...]`` executes notebooks
-top to bottom in fresh kernels and prints the wall time of each: the learner's wait.
+``python -m bertlab.instructor.course run [solutions|notebooks|PATH ...]`` executes notebooks
+top to bottom in fresh kernels and prints the wall time of each (the learner's wait), then the
+ten slowest cells of the course (where that time goes).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent  # bertlab/instructor/course.py -> the course folder
 ASSIGNMENT = re.compile(r"^\d\d-[a-z0-9-]+$")
 
 
@@ -84,11 +87,36 @@ def validate(path: Path, invert: bool = False, root: Path = ROOT) -> dict:
 
 
 @dataclass
+class CellTime:
+    index: int  # position in the notebook, markdown cells counted
+    cell_id: str
+    seconds: float
+    first_line: str  # of the cell's source
+
+
+def cell_seconds(nb) -> list[CellTime]:
+    """How long each executed code cell of ``nb`` ran, from the timestamps nbclient records in
+    ``metadata.execution`` (iopub.execute_input to shell.execute_reply)."""
+    def when(stamp: str) -> datetime:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00"))  # Python 3.10 rejects "Z"
+
+    out = []
+    for i, cell in enumerate(nb.cells):
+        t = cell.get("metadata", {}).get("execution", {})
+        if cell.cell_type == "code" and "iopub.execute_input" in t and "shell.execute_reply" in t:
+            seconds = (when(t["shell.execute_reply"]) - when(t["iopub.execute_input"])).total_seconds()
+            lines = cell.source.strip().splitlines()
+            out.append(CellTime(i, cell.get("id", ""), seconds, lines[0] if lines else ""))
+    return out
+
+
+@dataclass
 class RunResult:
     notebook: str
     seconds: float
     ok: bool
     error: str = ""
+    cells: list[CellTime] = field(default_factory=list)  # the code cells that ran
 
 
 def run_notebook(path: Path, timeout: int = 900, save_to: Path | None = None,
@@ -106,7 +134,8 @@ def run_notebook(path: Path, timeout: int = 900, save_to: Path | None = None,
     nb = nbformat.read(path, as_version=4)
     old = {k: os.environ.get(k) for k in (env or {})}
     os.environ.update(env or {})
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    # record_timing (nbclient's default, stated because cell_seconds reads it): per-cell timestamps
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=True,
                             resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
     error = ""
@@ -126,14 +155,16 @@ def run_notebook(path: Path, timeout: int = 900, save_to: Path | None = None,
     if save_to is not None:
         save_to.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, save_to)
-    return RunResult(path.name, seconds, not error, error)
+    return RunResult(path.name, seconds, not error, error, cell_seconds(nb))
 
 
 def run_course(paths: list[Path], out_dir: Path = ROOT / ".course", timeout: int = 900) -> list[RunResult]:
-    """Run the notebooks one after another and print a table of wall times.
+    """Run the notebooks one after another and print a table of wall times, then the ten
+    slowest cells of the course.
 
-    Executed copies land in ``out_dir`` (git-ignored) so their outputs can be read.
-    The last line printed is a one-line summary.
+    Executed copies land in ``out_dir`` (git-ignored) so their outputs can be read, with
+    timings.json (per notebook) and cell_timings.csv (per code cell). The last line printed
+    is a one-line summary.
     """
     results = []
     print(f"{'notebook':<32} {'wall time':>10}  status", flush=True)
@@ -144,12 +175,40 @@ def run_course(paths: list[Path], out_dir: Path = ROOT / ".course", timeout: int
         print(f"{r.notebook:<32} {_fmt(r.seconds):>10}  {status}", flush=True)
     total = sum(r.seconds for r in results)
     slowest = max(results, key=lambda r: r.seconds) if results else None
+    print_slowest_cells(results)
     (Path(out_dir)).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / "timings.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
+    per_notebook = [{k: v for k, v in asdict(r).items() if k != "cells"} for r in results]  # cells: the CSV
+    (Path(out_dir) / "timings.json").write_text(json.dumps(per_notebook, indent=1))
+    write_cell_timings(results, Path(out_dir) / "cell_timings.csv")
     n_ok = sum(r.ok for r in results)
     print(f"course: {n_ok}/{len(results)} notebooks ran, total {_fmt(total)}"
           + (f", slowest {slowest.notebook} {_fmt(slowest.seconds)}" if slowest else ""), flush=True)
     return results
+
+
+def slowest_cells(results: list[RunResult], n: int = 10) -> list[tuple[str, CellTime]]:
+    """The ``n`` slowest code cells of all the notebooks run, as (notebook, cell), slowest first."""
+    cells = [(r.notebook, c) for r in results for c in r.cells]
+    return sorted(cells, key=lambda nc: nc[1].seconds, reverse=True)[:n]
+
+
+def print_slowest_cells(results: list[RunResult]) -> None:
+    """Where the course's time goes: its ten slowest cells, with each one's first line."""
+    print("\nthe ten slowest cells of the course", flush=True)
+    print(f"{'notebook':<32} {'cell':>4} {'seconds':>8}  first line", flush=True)
+    for notebook, c in slowest_cells(results):
+        line = c.first_line if len(c.first_line) <= 60 else c.first_line[:57] + "..."
+        print(f"{notebook:<32} {c.index:>4} {c.seconds:>8.1f}  {line}", flush=True)
+
+
+def write_cell_timings(results: list[RunResult], path: Path) -> None:
+    """Every executed code cell's seconds, one CSV row per cell, in course order."""
+    with open(path, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["notebook", "cell", "cell_id", "seconds", "first_line"])
+        for r in results:
+            for c in r.cells:
+                out.writerow([r.notebook, c.index, c.cell_id, f"{c.seconds:.3f}", c.first_line])
 
 
 def _fmt(seconds: float) -> str:
@@ -157,7 +216,7 @@ def _fmt(seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bertlab.course", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bertlab.instructor.course", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     rel = sub.add_parser("release", help="regenerate notebooks/ from solutions/ with nbgrader")

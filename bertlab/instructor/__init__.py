@@ -1,0 +1,2 @@
+"""Instructor tooling, not course content: the simulated-class grading harness (grading) and
+the release, run and validate commands (course). The notebooks never import it."""
