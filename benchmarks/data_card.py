@@ -34,7 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bertlab.data import (  # noqa: E402
-    FABS, HELDOUT_RATE, LABEL_NOISE_RATE, LABELS, domain_corpus, generate_reports, make_splits,
+    FABS,
+    HELDOUT_RATE,
+    LABEL_NOISE_RATE,
+    LABELS,
+    domain_corpus,
+    generate_reports,
+    make_splits,
     near_duplicate_key,
 )
 from bertlab.data.fabs import FAB_STYLES  # noqa: E402

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/deploy.py [--threads 2] [--latency-reports 200] [--student transfer] [--quick]
 
 Variants (bertlab.deploy.course_variants): the fine-tuned teacher in fp32 and with PyTorch
-dynamic INT8; a distilled student (bertlab.distill.distilled_student) in fp32, PyTorch INT8,
+dynamic INT8; a distilled student (bertlab.artifacts.distilled_student) in fp32, PyTorch INT8,
 ONNX Runtime fp32 and ONNX Runtime INT8, and ORT INT8 with its vocabulary trimmed to the
 WordPieces of the training reports and the domain corpus.
 
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 TARGET = {"p50_ratio": 6.0, "size_ratio": 6.0, "max_accuracy_drop_points": 1.0}
-#: The benchmark's student (bertlab.distill.distilled_student settings). Measured on 2 CPU cores
+#: The benchmark's student (bertlab.artifacts.distilled_student settings). Measured on 2 CPU cores
 #: (500 test reports, teacher 0.872): 3 layers [0, 2, 4] on 1,000 + 2,000 reports, 2 epochs: 0.886,
 #: but its ORT INT8 p50 was only 4.1-6.3x the teacher's in three runs; 2 layers [0, 3] on
 #: 1,000 + 2,000 reports, 2 epochs: 0.838; on 1,000 + 4,000, 3 epochs: 0.888.
@@ -52,24 +52,24 @@ def main(argv=None) -> int:
     parser.add_argument("--student", choices=["transfer", "notebook"], default="transfer",
                         help="transfer (default): BENCH_STUDENT, 2 layers distilled on 4,000 more unlabelled reports; "
                              "notebook: notebook 08's student")
-    parser.add_argument("--quick", action="store_true", help="tiny models (bertlab.train.QUICK): a smoke test, "
+    parser.add_argument("--quick", action="store_true", help="tiny models (bertlab.artifacts.QUICK): a smoke test, "
                                                               "numbers not meaningful")
     args = parser.parse_args(argv)
 
     import pandas as pd
 
-    from bertlab import deploy, distill, env, train
+    from bertlab import artifacts, deploy, env
     from bertlab.data import domain_corpus, make_splits
 
     env.setup(seed=0, device="cpu")  # deployment is on a CPU
     deploy.set_threads(args.threads)
-    quick = train.QUICK if args.quick else {}
+    quick = artifacts.QUICK if args.quick else {}
     start = time.perf_counter()
     settings = dict(BENCH_STUDENT) if args.student == "transfer" else {}
     if args.quick:
-        settings.update(distill.QUICK, **({"transfer": 32} if settings else {}))
-    student, tokenizer, info = distill.distilled_student(teacher_overrides=quick, **settings)
-    teacher, _, tinfo = train.finetuned_classifier(**quick)
+        settings.update(artifacts.DISTILL_QUICK, **({"transfer": 32} if settings else {}))
+    student, tokenizer, info = artifacts.distilled_student(teacher_overrides=quick, **settings)
+    teacher, _, tinfo = artifacts.finetuned_classifier(**quick)
     teacher, student = teacher.cpu().eval(), student.cpu().eval()
     splits = make_splits(**tinfo["splits"])
     label_id = {n: i for i, n in enumerate(tinfo["label_names"])}
@@ -79,9 +79,11 @@ def main(argv=None) -> int:
     corpus = [" ".join(doc) for doc in domain_corpus(2000, seed=0)]
     keep = deploy.domain_vocabulary(tokenizer, [r.text for r in splits.train] + corpus)
     trained = "from the cache" if info["cached"] else "trained now"
-    print(f"teacher and student ready in {time.perf_counter() - start:.0f} s; student: layers {info['settings']['layers']}, "
-          f"{tinfo['splits']['n_train']} labelled + {info['settings']['transfer']} unlabelled reports, {info['settings']['epochs']} epochs, "
-          f"{info['build_seconds'] or 0:.0f} s to build: teacher logits and training ({trained}); "
+    student_settings = info["settings"]
+    print(f"teacher and student ready in {time.perf_counter() - start:.0f} s; student: layers {student_settings['layers']}, "
+          f"{tinfo['splits']['n_train']} labelled + {student_settings['transfer']} unlabelled reports, "
+          f"{student_settings['epochs']} epochs, {info['build_seconds'] or 0:.0f} s to build: "
+          f"teacher logits and training ({trained}); "
           f"{len(keep)} WordPieces kept for the trimmed vocabulary", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         variants = deploy.course_variants(teacher, student, folder, keep_ids=keep, tokenizer=tokenizer,

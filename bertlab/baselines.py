@@ -3,9 +3,9 @@
 - :func:`tfidf_logreg`: TF-IDF of words and word pairs, then logistic regression (scikit-learn).
 - :class:`WordVocab`, :class:`BiLSTMClassifier`: a 2-layer bidirectional LSTM over word
   embeddings, trained from scratch with ``bertlab.train.fit``.
-- :func:`frozen_states`, :class:`TopLayersClassifier`: BERT with its lower layers frozen,
-  their outputs computed once per report, and only the top layers and the head trained
-  (fast enough for many runs on a CPU).
+- BERT, the model they are compared with, comes from ``bertlab.frozen``: its lower layers frozen,
+  their output computed once per report, only the top layers and the head trained (fast
+  enough for many runs on a CPU).
 - :func:`stratified_budget`: a label budget that keeps each class's share.
 - :func:`run_grid`, :func:`summarize`: every (model, budget, seed) run, its results cached,
   and the mean and spread over seeds.
@@ -22,8 +22,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset
 
+from bertlab import args
 from bertlab.train import TextDataset, check_labels
 
 # ---------------------------------------------------------------- TF-IDF + logistic regression
@@ -40,8 +40,7 @@ def tfidf_logreg(C: float = 10.0, seed: int = 0):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    if not isinstance(C, (int, float)) or not C > 0:
-        raise ValueError(f"C must be a number > 0, got {C!r}")
+    args.number("C", C, low=0, low_open=True)
     return make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, token_pattern=r"(?u)\b\w[\w.]*\b"),
                          LogisticRegression(C=C, solver="saga", max_iter=5000, random_state=seed))
 
@@ -109,8 +108,7 @@ class BiLSTMClassifier(nn.Module):
     def __init__(self, vocab_size: int, num_labels: int, embed_dim: int = 300, hidden_size: int = 256,
                  num_layers: int = 2, dropout: float = 0.3):
         super().__init__()
-        if not isinstance(num_labels, int) or num_labels < 2:
-            raise ValueError(f"num_labels must be an int >= 2, got {num_labels!r}")
+        args.integer("num_labels", num_labels, low=2)
         self.num_labels, self.hidden_size = num_labels, hidden_size
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=WordVocab.PAD)
         sizes = [embed_dim] + [2 * hidden_size] * (num_layers - 1)
@@ -140,88 +138,6 @@ class BiLSTMClassifier(nn.Module):
         last_f = out_f[torch.arange(B, device=x.device), lengths - 1]  # (B, hidden): after the last real token
         last_b = out_b[:, 0]  # (B, hidden): after reading back to the first token
         return self.classifier(self.dropout(torch.cat([last_f, last_b], dim=-1)))  # (B, C)
-
-
-# ---------------------------------------------------------------- BERT, top layers fine-tuned
-
-
-class HiddenStates(Dataset):
-    """Hidden states (T_i, H) of each report after the frozen layers, and labels; ``collate`` pads a batch.
-
-    A batch is ``hidden_states`` (B, T, H), ``attention_mask`` (B, T), ``labels`` (B,), ``index`` (B,).
-    """
-
-    def __init__(self, states: list[torch.Tensor], labels: Sequence[int] | None):
-        self.states, self.labels = states, None if labels is None else list(labels)
-
-    def __len__(self) -> int:
-        return len(self.states)
-
-    def __getitem__(self, i: int) -> dict:
-        item = {"hidden_states": self.states[i], "index": i}
-        if self.labels is not None:
-            item["labels"] = self.labels[i]
-        return item
-
-    def lengths(self) -> list[int]:
-        return [len(s) for s in self.states]
-
-    def subset(self, indices: Sequence[int]) -> "HiddenStates":
-        return HiddenStates([self.states[i] for i in indices],
-                            None if self.labels is None else [self.labels[i] for i in indices])
-
-    def collate(self, items: list[dict]) -> dict:
-        h = nn.utils.rnn.pad_sequence([it["hidden_states"] for it in items], batch_first=True)  # (B, T, H)
-        mask = torch.zeros(h.shape[:2], dtype=torch.long)
-        for b, it in enumerate(items):
-            mask[b, :len(it["hidden_states"])] = 1
-        batch = {"hidden_states": h, "attention_mask": mask, "index": torch.tensor([it["index"] for it in items])}
-        if "labels" in items[0]:
-            batch["labels"] = torch.tensor([it["labels"] for it in items])
-        return batch
-
-
-def frozen_states(bert, data: TextDataset, n_frozen: int, batch_size: int = 64) -> HiddenStates:
-    """Run the embeddings and the first ``n_frozen`` layers of ``bert`` (a ``bertlab.model.BertModel``) once.
-
-    Dropout is off (eval mode): a frozen part computes the same thing every epoch. One ``k`` of
-    :func:`bertlab.domain.layer_states`, kept below the top layer (at least one layer left to train).
-    """
-    from bertlab.domain import layer_states
-
-    n_layers = len(bert.encoder.layer)
-    if not isinstance(n_frozen, int) or not 0 <= n_frozen < n_layers:
-        raise ValueError(f"n_frozen must be an int in 0..{n_layers - 1} (at least one layer left to train), got {n_frozen!r}")
-    return layer_states(bert, data, [n_frozen], batch_size)[n_frozen]
-
-
-class TopLayersClassifier(nn.Module):
-    """The top ``len(bert.encoder.layer) - n_frozen`` layers of ``bert`` (copied) and a head on [CLS].
-
-    ``forward(hidden_states, attention_mask)`` takes the frozen layers' output (B, T, H)
-    from :func:`frozen_states` and returns logits (B, C).
-    """
-
-    def __init__(self, bert, n_frozen: int, num_labels: int, dropout: float = 0.1):
-        super().__init__()
-        import copy
-
-        if not isinstance(num_labels, int) or num_labels < 2:
-            raise ValueError(f"num_labels must be an int >= 2, got {num_labels!r}")
-        self.num_labels = num_labels
-        self.layers = nn.ModuleList(copy.deepcopy(layer) for layer in bert.encoder.layer[n_frozen:])
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(bert.config.hidden_size, num_labels)
-        nn.init.normal_(self.classifier.weight, std=0.02)
-        nn.init.zeros_(self.classifier.bias)
-
-    def forward(self, hidden_states, attention_mask):
-        from bertlab.model import extended_attention_mask
-
-        x, mask = hidden_states, extended_attention_mask(attention_mask, hidden_states.dtype)
-        for layer in self.layers:
-            x = layer(x, mask)  # (B, T, H)
-        return self.classifier(self.dropout(x[:, 0]))  # (B, C)
 
 
 # ---------------------------------------------------------------- the comparison harness

@@ -190,10 +190,10 @@ def predict(args) -> int:
 def export(args) -> int:
     import shutil
 
-    from bertlab import deploy, env
+    from bertlab import artifacts, env
 
     env.quiet()
-    path = deploy.exported_model(int8=not args.fp32)
+    path = artifacts.exported_model(int8=not args.fp32)
     target = default_model_path()
     tmp = target.with_suffix(".onnx.tmp")
     shutil.copyfile(path, tmp)

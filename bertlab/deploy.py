@@ -5,17 +5,19 @@
   axes, and a check that ONNX Runtime's logits equal PyTorch's at several shapes.
 - :func:`ort_session`, :func:`quantize_onnx`: ONNX Runtime with graph optimisation, and its
   own dynamic INT8 quantization (which also quantizes the word embeddings).
-- :func:`size_mb`, :func:`latency_ms`, :func:`throughput`: what the benchmark measures.
+- :func:`size_mb`, :func:`latency_ms`: what the benchmark measures.
 - :class:`Benchmark`: size, batch-1 latency p50/p95, batch-32 throughput and accuracy of
   every variant, measured in one run, as one table (as chapter 8 of *Natural Language
   Processing with Transformers* does).
 - :class:`Predictor`: reports in, failure types and probabilities out, with an LRU cache
-  for repeated reports; :func:`exported_model` builds the course's served model.
+  for repeated reports. The course's served model is ``bertlab.artifacts.exported_model``.
+
+The trimmed vocabulary of a served model is :class:`bertlab.vocab.TrimmedVocabulary`.
 
 Fair timing: torch and ONNX Runtime get the same number of threads (``threads``, 2 by
 default: torch intra-op threads, ORT ``intra_op_num_threads``; one inter-op thread each), and
 the benchmark times each variant in its own fresh process, because on a 2-core machine two
-thread pools in one process slow each other down (STACK-NOTES: torch by about a third).
+thread pools in one process slow each other down.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+
+from bertlab import args, vocab
 
 DEFAULT_THREADS = 2
 INPUT_NAMES = ["input_ids", "attention_mask"]
@@ -60,9 +64,7 @@ def _silenced():
 
 def set_threads(threads: int = DEFAULT_THREADS) -> int:
     """Let torch use ``threads`` intra-op threads (ORT sessions from :func:`ort_session` use the same)."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive int, got {threads!r}")
-    torch.set_num_threads(threads)
+    torch.set_num_threads(args.positive_int("threads", threads))
     return threads
 
 
@@ -71,9 +73,8 @@ def set_threads(threads: int = DEFAULT_THREADS) -> int:
 
 def quantize_torch(model: nn.Module) -> nn.Module:
     """A dynamic-INT8 copy of ``model`` on the CPU: ``nn.Linear`` weights stored as int8 with one
-    scale per output channel, the activations quantized on the fly per batch. Embeddings and
-    LayerNorms stay fp32. (Per channel rather than per tensor: the course's teacher kept 0.880
-    test accuracy against 0.870, its student 0.840 against 0.832.)"""
+    scale per output channel (a row with small weights keeps its precision beside one with large
+    ones), the activations quantized on the fly per batch. Embeddings and LayerNorms stay fp32."""
     from torch.ao.quantization import per_channel_dynamic_qconfig
 
     if not isinstance(model, nn.Module):
@@ -81,39 +82,6 @@ def quantize_torch(model: nn.Module) -> nn.Module:
     with _silenced():  # torch.ao.quantization warns that it is deprecated; it still works
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).cpu().eval(),
                                                       {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
-
-
-class TrimmedVocabulary(nn.Module):
-    """``model`` with only the rows of the word-embedding table for ``keep_ids``; other ids read as [UNK].
-
-    A fab's reports use a small part of BERT's 30,522 WordPieces, yet the table of all of
-    them is most of a small student's weights. ``forward(input_ids, attention_mask)`` takes
-    the *original* token ids and maps them through ``id_map`` (a lookup that is part of the
-    exported graph), so the tokenizer and the callers do not change. The special tokens
-    (``special_ids``) are always kept. The cost: a WordPiece outside ``keep_ids`` loses its
-    meaning (it becomes [UNK]); measure the accuracy.
-    """
-
-    def __init__(self, model: nn.Module, keep_ids, unk_id: int, special_ids=()):
-        super().__init__()
-        model = copy.deepcopy(model).cpu().eval()
-        embeddings = model.encoder.embeddings.word_embeddings
-        vocab = embeddings.num_embeddings
-        keep = sorted({int(i) for i in keep_ids} | {int(unk_id)} | {int(i) for i in special_ids})
-        if keep[0] < 0 or keep[-1] >= vocab:
-            raise ValueError(f"keep_ids must be token ids in 0..{vocab - 1}")
-        id_map = torch.full((vocab,), keep.index(int(unk_id)), dtype=torch.long)
-        id_map[torch.tensor(keep)] = torch.arange(len(keep))
-        self.register_buffer("id_map", id_map)  # (V,): original id -> row of the trimmed table
-        small = nn.Embedding(len(keep), embeddings.embedding_dim, padding_idx=None)
-        small.weight.data.copy_(embeddings.weight.data[torch.tensor(keep)])
-        model.encoder.embeddings.word_embeddings = small
-        model.encoder.config.vocab_size = len(keep)
-        self.model = model
-        self.num_labels = getattr(model, "num_labels", None)
-
-    def forward(self, input_ids, attention_mask=None):
-        return self.model(self.id_map[input_ids], attention_mask)
 
 
 def _example_inputs(batch: int, length: int, vocab_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +100,7 @@ def _example_inputs(batch: int, length: int, vocab_size: int, seed: int = 0) -> 
 
 def _input_vocab(model: nn.Module) -> int:
     """How many token ids ``model`` accepts."""
-    if isinstance(model, TrimmedVocabulary):
+    if isinstance(model, vocab.TrimmedVocabulary):
         return len(model.id_map)
     config = getattr(getattr(model, "encoder", None), "config", None)
     return getattr(config, "vocab_size", 30522)
@@ -144,8 +112,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 17,
 
     Both inputs are int64 (batch, sequence) with **dynamic** batch and sequence axes, so
     one file serves any batch size and report length. Uses the TorchScript exporter
-    (``dynamo=False``: its graph ran about 15% faster in ONNX Runtime than the dynamo one
-    here). ``metadata`` (str -> str) is stored in the file (e.g. label names). Written to a
+    (``dynamo=False``: its graph ran faster in ONNX Runtime than the dynamo one).
+    ``metadata`` (str -> str) is stored in the file (e.g. label names). Written to a
     temporary name, then renamed, so a reader never sees half a file.
     """
     path = Path(path)
@@ -197,7 +165,7 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, shapes: Sequence[tuple
     session = ort_session(path, threads=threads)
     model = copy.deepcopy(model).cpu().eval()
     rows = []
-    inner = model.model if isinstance(model, TrimmedVocabulary) else model
+    inner = model.model if isinstance(model, vocab.TrimmedVocabulary) else model
     max_t = getattr(getattr(getattr(inner, "encoder", None), "config", None), "max_position_embeddings", None)
     for i, (b, t) in enumerate(shapes):
         t = min(t, max_t) if max_t else t  # a shape longer than the model's positions is tested at its longest
@@ -243,8 +211,8 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """ONNX Runtime's dynamic INT8 quantization of the plain export ``src`` into ``dst``.
 
     Weights of MatMuls *and* the embedding tables (Gather) become int8, with one scale per
-    output channel, so the file is about 4x smaller. Quantize the plain export and let the session optimise it: the
-    quantizer failed on a graph first passed through ORT's BERT optimizer (STACK-NOTES).
+    output channel, so the file is about 4x smaller. Quantize the plain export and let the
+    session optimise it: the quantizer fails on a graph first passed through ORT's BERT optimizer.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -256,8 +224,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         with _silenced():
-            # one scale per output channel: on the course's student, 0.846 test accuracy against
-            # 0.824 with one scale per tensor (fp32: 0.856), for 0.1 MB more
+            # one scale per output channel: closer to fp32's accuracy than one per tensor, for a few more scales
             quantize_dynamic(str(src), tmp, weight_type=QuantType.QInt8, per_channel=True)
         meta = read_metadata(src)
         _stamp(tmp, meta)  # the quantizer drops the metadata
@@ -305,8 +272,7 @@ def latency_ms(predict: Callable, inputs: Sequence, *, warmup: int = 10, clock: 
     inputs = list(inputs)
     if not inputs:
         raise ValueError("inputs is empty: give at least one input to time")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    args.integer("warmup", warmup, low=0)
     for i in range(warmup):
         predict(inputs[i % len(inputs)])
     times = []
@@ -316,20 +282,6 @@ def latency_ms(predict: Callable, inputs: Sequence, *, warmup: int = 10, clock: 
         times.append((clock() - start) * 1000)
     t = np.asarray(times)
     return {"p50": float(np.percentile(t, 50)), "p95": float(np.percentile(t, 95)), "mean": float(t.mean()), "n": len(t)}
-
-
-def throughput(predict_batch: Callable, batches: Sequence, *, warmup: int = 1) -> float:
-    """Reports per second of ``predict_batch`` over ``batches`` (each a tuple whose first element is (B, T))."""
-    batches = list(batches)
-    if not batches:
-        raise ValueError("batches is empty")
-    for i in range(warmup):
-        predict_batch(*batches[i % len(batches)])
-    n = sum(len(b[0]) for b in batches)
-    start = time.perf_counter()
-    for b in batches:
-        predict_batch(*b)
-    return n / (time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------- runners: (B, T) int64 arrays -> logits
@@ -409,7 +361,6 @@ def _measure(variant: Variant, ids: list[list[int]], labels: list[int], threads:
     singles = [pad_batch([x]) for x in ids[:n_latency]]
     lat = latency_ms(lambda b: runner(*b), singles, warmup=warmup)
     batches = [pad_batch(ids[i:i + batch_size]) for i in range(0, len(ids), batch_size)]
-    start = time.perf_counter()
     runner(*batches[0])  # warm-up at batch size
     start = time.perf_counter()
     preds = np.concatenate([runner(*b).argmax(-1) for b in batches])
@@ -418,22 +369,22 @@ def _measure(variant: Variant, ids: list[list[int]], labels: list[int], threads:
             "accuracy": float((preds == np.asarray(labels)).mean())}
 
 
-def _measure_in_subprocess(args: tuple) -> dict:
+def _measure_in_subprocess(job: tuple) -> dict:
     """:func:`_measure` in a fresh Python process (its own thread pools), arguments and result pickled."""
     import pickle
     import subprocess
     import sys
 
-    threads = args[3]
+    threads = job[3]
     with tempfile.TemporaryDirectory() as d:
         inp, out = Path(d) / "args.pkl", Path(d) / "row.pkl"
-        inp.write_bytes(pickle.dumps(args))
+        inp.write_bytes(pickle.dumps(job))
         code = ("import pickle, sys; from bertlab.deploy import _measure; "
                 "a = pickle.load(open(sys.argv[1], 'rb')); pickle.dump(_measure(*a), open(sys.argv[2], 'wb'))")
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
         proc = subprocess.run([sys.executable, "-c", code, str(inp), str(out)], capture_output=True, text=True, env=env)
         if proc.returncode != 0:
-            raise RuntimeError(f"measuring {args[0].name!r} failed in its process:\n{proc.stderr[-3000:]}")
+            raise RuntimeError(f"measuring {job[0].name!r} failed in its process:\n{proc.stderr[-3000:]}")
         return pickle.loads(out.read_bytes())
 
 
@@ -459,8 +410,8 @@ class Benchmark:
 
     def measure(self, variant: Variant) -> dict:
         """One row of the table: ``variant``'s size and what :func:`_measure` returns."""
-        args = (variant, self.ids, self.labels, self.threads, self.n_latency, self.warmup, self.batch_size)
-        row = _measure_in_subprocess(args) if self.isolate else _measure(*args)
+        job = (variant, self.ids, self.labels, self.threads, self.n_latency, self.warmup, self.batch_size)
+        row = _measure_in_subprocess(job) if self.isolate else _measure(*job)
         return {"variant": variant.name, "size_mb": variant.size_mb, **row}
 
     def run(self, variants: Sequence[Variant], progress: bool = True):
@@ -502,7 +453,7 @@ def course_variants(teacher: nn.Module, student: nn.Module, folder: str | os.Pat
 
     teacher fp32 and torch INT8; student fp32, torch INT8, ONNX Runtime fp32 and INT8; with
     ``keep_ids`` (and ``tokenizer`` for its special tokens) also the student ORT INT8 with a
-    trimmed vocabulary (:class:`TrimmedVocabulary`). The ONNX exports are checked against
+    trimmed vocabulary (:class:`bertlab.vocab.TrimmedVocabulary`). The ONNX exports are checked against
     PyTorch (:func:`check_onnx`) unless ``check`` is False.
     """
     folder = Path(folder)
@@ -520,7 +471,7 @@ def course_variants(teacher: nn.Module, student: nn.Module, folder: str | os.Pat
     if keep_ids is not None:
         if tokenizer is None:
             raise ValueError("keep_ids needs the tokenizer (for [UNK] and the special tokens)")
-        trimmed = TrimmedVocabulary(student, keep_ids, tokenizer.unk_token_id, tokenizer.all_special_ids)
+        trimmed = vocab.TrimmedVocabulary(student, keep_ids, tokenizer.unk_token_id, tokenizer.all_special_ids)
         path = export_onnx(trimmed, folder / "student.trimmed.onnx", metadata=meta)
         if check:
             check_onnx(trimmed, path)
@@ -670,25 +621,3 @@ def model_metadata(label_names: Sequence[str], max_length: int, **extra) -> dict
     """The metadata :func:`onnx_predictor` reads: label names and the truncation length."""
     return {"label_names": json.dumps(list(label_names)), "max_length": str(int(max_length)),
             **{k: json.dumps(v) for k, v in extra.items()}}
-
-
-def exported_model(*, int8: bool = True, progress: bool = True, teacher_overrides: dict | None = None, **overrides) -> Path:
-    """The course's served model: the distilled student (:func:`bertlab.distill.distilled_student`
-    with ``overrides``), exported to ONNX (INT8 if ``int8``), from the cache or built now."""
-    from bertlab import cache, distill
-
-    student, tokenizer, info = distill.distilled_student(teacher_overrides=teacher_overrides, progress=progress, **overrides)
-    key_config = {"student": info["settings"], "teacher": info["teacher"]["config"],
-                  "int8": "per-channel" if int8 else False}  # a new key: files of the per-tensor quantizer are stale
-    path = cache.path_for("served-student", key_config, suffix=".onnx")
-    if not path.is_file():
-        meta = model_metadata(info["teacher"]["label_names"], info["teacher"]["config"]["max_length"],
-                              layers=info["settings"]["layers"])
-        with tempfile.TemporaryDirectory() as d:
-            fp32 = export_onnx(student, Path(d) / "student.onnx", metadata=meta)
-            check_onnx(student, fp32)
-            if int8:
-                quantize_onnx(fp32, path)
-            else:
-                os.replace(fp32, path)
-    return path

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bertlab import args
 from bertlab.pretraining import IGNORE_INDEX
 
 # ---------------------------------------------------------------- freezing
@@ -60,8 +61,7 @@ def freeze_layers(model: nn.Module, k: int) -> nn.Module:
     """
     bert = _find_bert(model)
     n = len(bert.encoder.layer)
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
-        raise ValueError(f"k must be an int in 0..{n} (the number of encoder layers to freeze), got {k!r}")
+    args.integer("k", k, 0, n)  # the number of encoder layers to freeze
     for p in model.parameters():
         p.requires_grad_(True)
     if k > 0:
@@ -94,8 +94,7 @@ def mlm_batches(tokenizer, texts: Sequence[str], *, batch_size: int = 32, max_le
     texts = list(texts)
     if not texts:
         raise ValueError("texts is empty: give at least one text")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    args.positive_int("batch_size", batch_size)
     collate = PretrainingCollator(tokenizer, mlm_probability=mlm_probability, seed=seed, max_length=max_length)
     return [collate(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
 
@@ -215,7 +214,7 @@ DAPT_CONFIG = {
     "corpus_docs": 400,      # training documents: the first corpus_docs of domain_corpus(..., corpus_seed)
     "corpus_seed": 0,
     "eval_docs": 60,         # held-out documents after every document the head or this run trained on
-    "steps": 150,            # AdamW steps of MLM on the whole model (encoder and MLM head)
+    "steps": 150,            # training steps of MLM on the whole model (encoder and MLM head)
     "lr": 1e-4,
     "batch_size": 32,        # sentences per step
     "max_length": 64,
@@ -224,7 +223,7 @@ DAPT_CONFIG = {
     "weight_decay": 0.01,
     "eval_every": 50,
     "seed": 0,
-    "version": 1,            # bump when the training code changes
+    "version": 2,            # bump when the training code changes (2: trained by bertlab.train.fit)
 }
 #: Overrides that train in seconds (grading mode, smoke tests).
 QUICK = {"corpus_docs": 16, "eval_docs": 8, "steps": 4, "batch_size": 8, "eval_every": 4}
@@ -288,18 +287,21 @@ def continue_pretraining(config: Mapping | None = None, *, name: str | None = No
     with an MLM head trained on the frozen encoder; cached too), then trains the whole model
     (encoder and head; the NSP head is unused) for ``config["steps"]`` steps of MLM on the
     training sentences of :func:`domain_texts` with :func:`bertlab.pretrain_loop.pretrain`
-    (AdamW, warm-up and decay, clipping, a progress bar, live curves with ``plot``). The result
-    is loaded from ``bertlab.cache`` when a model with the same ``config`` (default:
-    :func:`dapt_config`) was trained before. The model is a ``bertlab.model.BertForPreTraining``
-    in eval mode on ``device`` (default: ``bertlab.env.get_device()``). ``info`` holds the
-    config, ``cached``, the held-out MLM loss before training (``before``) and during it
-    (``eval``, per ``eval_every`` steps), the training losses, seconds and sentence counts.
+    (``bertlab.train.fit``: AdamW, warm-up and decay, clipping, a progress bar, live curves with
+    ``plot``; the weights with the lowest held-out MLM loss are kept). The result is loaded from
+    ``bertlab.cache`` when a model with the same ``config`` (default: :func:`dapt_config`) was
+    trained before. The model is a ``bertlab.model.BertForPreTraining`` in eval mode on
+    ``device`` (default: ``bertlab.env.get_device()``). ``info`` holds the config, ``cached``,
+    the held-out MLM loss and accuracy before training (``before``) and during it (``eval``:
+    ``step``, ``mlm_loss``, ``mlm_acc`` every ``eval_every`` steps), the mean training losses
+    between evaluations (``train``: ``step``, ``loss``, ``mlm_loss``), the training time
+    (``seconds``, evaluation excluded), ``steps_per_second`` and sentence counts.
     """
     from torch.utils.data import DataLoader
 
     from bertlab import cache, env
     from bertlab.model import BertForPreTraining
-    from bertlab.pretrain_loop import checkpoint_with_mlm_head, evaluate, pretrain
+    from bertlab.pretrain_loop import checkpoint_with_mlm_head, evaluate, history_rows, pretrain
     from bertlab.pretrained import load_tokenizer
     from bertlab.pretraining import PretrainingCollator
 
@@ -324,13 +326,12 @@ def continue_pretraining(config: Mapping | None = None, *, name: str | None = No
                             generator=torch.Generator().manual_seed(config["seed"]),
                             collate_fn=PretrainingCollator(tokenizer, config["mlm_probability"], seed=config["seed"],
                                                            max_length=config["max_length"]))
-        torch.manual_seed(config["seed"])  # dropout
-        history = pretrain(model, loader, config["steps"], lr=config["lr"], warmup=config["warmup"],
-                           weight_decay=config["weight_decay"], eval_batches=eval_batches,
-                           eval_every=config["eval_every"], plot=plot, progress=progress, desc="domain MLM")
+        result = pretrain(model, loader, config["steps"], lr=config["lr"], warmup=config["warmup"],
+                          weight_decay=config["weight_decay"], eval_batches=eval_batches, eval_every=config["eval_every"],
+                          plot=plot, progress=progress, title="domain MLM", seed=config["seed"])
         state = {k: v for k, v in model.state_dict().items() if k not in _TIED}
-        meta = {"before": before, "eval": history.eval, "train": history.train, "seconds": history.seconds,
-                "steps_per_second": history.steps_per_second, "sentences": len(train_texts),
+        meta = {"before": before, "eval": history_rows(result), "train": history_rows(result, "train_"),
+                "seconds": result.seconds, "steps_per_second": result.steps_per_second, "sentences": len(train_texts),
                 "heldout_sentences": len(held), "head_cached": head_info["cached"]}
         return state, meta
 
@@ -397,45 +398,3 @@ def course_encoder(encoder: nn.Module):
     if unexpected or [k for k in missing if not k.startswith("pooler.")]:
         raise RuntimeError(f"weights do not fit bertlab.model.BertModel: missing {missing}, unexpected {unexpected}")
     return out.to(next(encoder.parameters()).device).eval()
-
-
-@torch.no_grad()
-def layer_states(bert: nn.Module, data, ks: Sequence[int], batch_size: int = 64) -> dict:
-    """``{k: bertlab.baselines.HiddenStates}``: each report's hidden states after the embeddings
-    and the first ``k`` encoder layers, for every ``k`` in ``ks``, from one pass over ``data``.
-
-    ``k = 0`` is the embeddings' output and ``k = num_layers`` the last layer's, so
-    ``bertlab.baselines.TopLayersClassifier(bert, k, ...)`` trains the layers above ``k``
-    (none at ``k = num_layers``: only the head). Like
-    :func:`bertlab.baselines.frozen_states` (which stops one layer short of the top), the
-    frozen part runs once, in eval mode (no dropout). ``bert`` is a ``bertlab.model.BertModel``
-    (see :func:`course_encoder`); ``data`` a ``bertlab.train.TextDataset``.
-    """
-    from bertlab.baselines import HiddenStates
-    from bertlab.model import BertModel, extended_attention_mask
-    from bertlab.train import make_loader
-
-    if not isinstance(bert, BertModel):
-        raise TypeError(f"bert must be a bertlab.model.BertModel (use course_encoder), got {type(bert).__name__}")
-    n = len(bert.encoder.layer)
-    ks = sorted(set(ks))
-    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n for k in ks):
-        raise ValueError(f"ks must be a non-empty list of ints in 0..{n}, got {ks!r}")
-    was_training = bert.training
-    bert.eval()
-    device = next(bert.parameters()).device
-    lengths = data.lengths()
-    order = sorted(range(len(data)), key=lengths.__getitem__)
-    states = {k: [None] * len(data) for k in ks}
-    for batch in make_loader(data, batch_size, order=order):
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        x = bert.embeddings(ids, torch.zeros_like(ids))  # (B, T, H)
-        ext = extended_attention_mask(mask, x.dtype)  # (B, 1, 1, T)
-        for k in range(ks[-1] + 1):
-            if k > 0:
-                x = bert.encoder.layer[k - 1](x, ext)  # (B, T, H)
-            if k in states:
-                for b, i in enumerate(batch["index"].tolist()):
-                    states[k][i] = x[b, :lengths[i]].cpu().clone()  # (T_i, H)
-    bert.train(was_training)
-    return {k: HiddenStates(s, data.labels) for k, s in states.items()}

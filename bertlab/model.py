@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bertlab import args
+
 # Buffers that older checkpoints store; we compute them in forward instead.
 _LEGACY_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 _ENCODER_PARTS = ("embeddings", "encoder", "pooler")
@@ -47,12 +49,12 @@ class BertConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type in ("int", int):
-                if isinstance(value, bool) or not isinstance(value, int):
+                if not args.is_int(value):
                     raise TypeError(f"BertConfig.{f.name} must be an int, got {value!r}")
                 low = 0 if f.name == "pad_token_id" else 1
                 if value < low:
                     raise ValueError(f"BertConfig.{f.name} must be >= {low}, got {value}")
-            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            elif not args.is_real(value):
                 raise TypeError(f"BertConfig.{f.name} must be a float, got {value!r}")
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
@@ -144,7 +146,8 @@ class BertEmbeddings(nn.Module):
     def forward(self, input_ids, token_type_ids):
         T = input_ids.size(1)
         pos = torch.arange(T, device=input_ids.device)  # (T,)
-        x = self.word_embeddings(input_ids) + self.position_embeddings(pos) + self.token_type_embeddings(token_type_ids)  # (B, T, H)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(pos)  # (B, T, H)
+        x = x + self.token_type_embeddings(token_type_ids)  # the segment: (B, T, H)
         return self.dropout(self.LayerNorm(x))
 
 
@@ -256,7 +259,8 @@ class BertModel(nn.Module):
     LongTensors (B, T) and returns ``(last_hidden_state (B, T, H), pooled (B, H))``.
     ``attention_mask`` is 1 for real tokens and 0 for padding (default: all 1);
     ``token_type_ids`` is the segment, 0 or 1 (default: all 0).
-    Raises ValueError/TypeError naming the argument on bad shapes, dtypes or ids.
+    Raises ValueError/TypeError naming the argument on bad shapes or dtypes, and on
+    ids out of range when they are on the CPU.
     """
 
     def __init__(self, config: BertConfig):
@@ -286,7 +290,11 @@ class BertModel(nn.Module):
         B, T = input_ids.shape
         if T == 0 or T > c.max_position_embeddings:
             raise ValueError(f"input_ids has length T={T}; it must be 1..max_position_embeddings ({c.max_position_embeddings})")
-        _check_range("input_ids", input_ids, c.vocab_size, "vocab_size")
+        # The range checks copy the ids' min and max to the host: free on a CPU, but on a GPU a
+        # sync at every forward pass; there the embedding lookup raises on a bad id anyway.
+        on_cpu = input_ids.device.type == "cpu"
+        if on_cpu:
+            _check_range("input_ids", input_ids, c.vocab_size, "vocab_size")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         elif attention_mask.shape != input_ids.shape:
@@ -295,7 +303,7 @@ class BertModel(nn.Module):
             token_type_ids = torch.zeros_like(input_ids)
         elif token_type_ids.shape != input_ids.shape:
             raise ValueError(f"token_type_ids must have the shape of input_ids {(B, T)}, got {tuple(token_type_ids.shape)}")
-        else:
+        elif on_cpu:
             _check_range("token_type_ids", token_type_ids, c.type_vocab_size, "type_vocab_size")
         return attention_mask, token_type_ids
 

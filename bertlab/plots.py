@@ -86,7 +86,7 @@ def learning_curve(summary, metric_label: str = "macro-F1", ax=None, title: str 
     ax.set_xticklabels([str(b) for b in budgets])
     ax.minorticks_off()
     ax.set(xlabel="labelled training reports (log scale)", ylabel=f"test {metric_label}",
-           title=title or f"Learning curve: mean ± 1 std over seeds")
+           title=title or "Learning curve: mean ± 1 std over seeds")
     ax.legend()
     ax.grid(alpha=0.3)
     return ax

@@ -1,10 +1,13 @@
-"""Pre-training runs (notebook 03, reused by 07): a domain vocabulary, a small loop with live
-curves, speed measurements, fill-mask, and a trained MLM head for the shipped checkpoint.
+"""Pre-training runs (notebook 03, reused by 07): a domain vocabulary, pre-training with live
+curves through the course's one loop (``bertlab.train.fit``), speed measurements, fill-mask, and
+a trained MLM head for the shipped checkpoint.
 
 - :func:`train_wordpiece`: a BERT-style WordPiece vocabulary learnt from domain text with
   ``tokenizers``, wrapped as a ``transformers`` fast tokenizer.
-- :func:`pretrain`: MLM (+ NSP when the batches carry ``nsp_labels``) for a
-  ``bertlab.model.BertForPreTraining``, with a progress bar and live loss curves.
+- :func:`pretraining_loss`: MLM (+ NSP) loss of ``bertlab.model.BertForPreTraining``'s outputs,
+  the ``loss_fn`` that :func:`bertlab.train.fit` trains with.
+- :func:`pretrain`: MLM (+ NSP when the batches carry ``nsp_labels``) with ``fit``, a progress
+  bar and live loss curves (:class:`LivePlot`).
 - :func:`evaluate`, :func:`unigram_baseline`, :func:`steps_per_second`: what the curves
   and the speed table measure.
 - :func:`fill_mask`, :func:`fill_mask_table`, :func:`fill_mask_accuracy`: what a model guesses
@@ -16,14 +19,14 @@ from __future__ import annotations
 
 import io
 import random
-import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, StackDataset
 
+from bertlab import args, train
 from bertlab.model import BertForPreTraining
 from bertlab.pretraining import IGNORE_INDEX, PretrainingCollator, mlm_loss
 
@@ -49,8 +52,7 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 2000, lowercase: boo
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size must be an int > {len(SPECIAL_TOKENS)}, got {vocab_size!r}")
+    args.integer("vocab_size", vocab_size, low=len(SPECIAL_TOKENS) + 1)
     if isinstance(texts, str):
         raise TypeError("texts must be an iterable of strings, not one string")
     texts = list(texts)
@@ -87,7 +89,7 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 2000, lowercase: boo
     return fast
 
 
-# --- measuring a pre-training run ------------------------------------------------------------------
+# --- the loss and what a run measures ---------------------------------------------------------------
 
 
 def _to(batch: dict, device) -> dict:
@@ -98,13 +100,21 @@ def _device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _forward(model, batch, masked_only: bool):
-    """(mlm_logits, nsp_logits, labels_at_logits): logits at the masked positions only, or at every position."""
-    labels = batch["mlm_labels"]
-    chosen = labels != IGNORE_INDEX
-    mlm_logits, nsp_logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                                   masked_positions=chosen if masked_only else None)
-    return mlm_logits, nsp_logits, labels[chosen] if masked_only else labels
+def pretraining_loss(outputs, batch: dict) -> dict[str, torch.Tensor]:
+    """BERT's pre-training loss: ``{"loss": mlm_loss + nsp_loss, "mlm_loss", "nsp_loss"}`` (a ``loss_fn`` of fit).
+
+    ``outputs``: ``BertForPreTraining``'s ``(mlm_logits, nsp_logits)``, or the MLM logits alone
+    (an MLM head's). ``mlm_loss`` is :func:`bertlab.pretraining.mlm_loss` against
+    ``batch["mlm_labels"]``, for logits at every position (B, T, V) with labels (B, T), or at
+    the masked positions only (N, V) (the model was given the batch's ``masked_positions``)
+    with labels (B, T) or (N,). ``nsp_loss``, the cross-entropy against ``batch["nsp_labels"]``
+    (B,), is there only when the batch has them.
+    """
+    mlm_logits, nsp_logits = outputs if isinstance(outputs, tuple) else (outputs, None)
+    parts = {"mlm_loss": mlm_loss(mlm_logits, batch["mlm_labels"])}
+    if "nsp_labels" in batch:
+        parts["nsp_loss"] = F.cross_entropy(nsp_logits, batch["nsp_labels"])
+    return {"loss": sum(parts.values()), **parts}
 
 
 @torch.no_grad()
@@ -121,7 +131,10 @@ def evaluate(model, batches: Sequence[dict]) -> dict:
     loss_sum, correct, n, nsp_correct, nsp_n = 0.0, 0, 0, 0, 0
     for batch in batches:
         batch = _to(batch, device)
-        logits, nsp_logits, labels = _forward(model, batch, masked_only=True)  # (N, V), (B, 2), (N,)
+        chosen = batch["mlm_labels"] != IGNORE_INDEX  # (B, T)
+        logits, nsp_logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                                   masked_positions=chosen)  # (N, V), (B, 2)
+        labels = batch["mlm_labels"][chosen]  # (N,)
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         correct += int((logits.argmax(-1) == labels).sum())
         n += labels.numel()
@@ -165,27 +178,14 @@ def unigram_baseline(tokenizer, texts: Iterable[str], batches: Sequence[dict]) -
             "nsp_acc": 0.5}
 
 
-@dataclass
-class History:
-    """What :func:`pretrain` and :func:`train_mlm_head` record.
+def history_rows(result: train.TrainResult, prefix: str = "val_") -> list[dict]:
+    """The ``step`` and the ``prefix`` columns (prefix removed) of each row of ``result.history``.
 
-    ``train``: one dict per logging interval (step, mean MLM/NSP training loss over the
-    interval); ``eval``: one dict per evaluation (step, mlm_loss, mlm_acc, nsp_acc);
-    ``seconds``: wall time of the training steps (evaluation and plotting excluded);
-    ``steps``: how many ran; ``positions``: masked positions the head was trained on and
-    ``baseline``: the unigram model on the held-out positions (:func:`train_mlm_head` only).
+    ``"val_"`` gives the held-out scores of each validation (``mlm_loss``, ``mlm_acc``, ...),
+    ``"train_"`` the mean training losses since the previous one.
     """
-
-    train: list = field(default_factory=list)
-    eval: list = field(default_factory=list)
-    seconds: float = 0.0
-    steps: int = 0
-    positions: int = 0
-    baseline: dict = field(default_factory=dict)
-
-    @property
-    def steps_per_second(self) -> float:
-        return self.steps / self.seconds if self.seconds else float("nan")
+    return [{"step": r["step"], **{k.removeprefix(prefix): v for k, v in r.items() if k.startswith(prefix)}}
+            for r in result.history]
 
 
 class LivePlot:
@@ -214,10 +214,11 @@ class LivePlot:
         self.fig.savefig(buf, format="png", dpi=80)
         return Image(data=buf.getvalue(), format="png")
 
-    def update(self, history: History) -> None:
-        """Redraw from ``history``; shown in place in a notebook. Outside IPython (a plain
+    def update(self, result: train.TrainResult) -> None:
+        """Redraw from ``result.history`` (a ``fit`` callback): per panel, ``train_<key>`` and
+        ``val_<key>`` against ``step``. Shown in place in a notebook. Outside IPython (a plain
         script, where IPython may not even be installed) the figure is only redrawn:
-        ``self.fig`` holds it, and the loop's own printing reports the progress."""
+        ``self.fig`` holds it, and the progress bar reports the progress."""
         try:
             from IPython import get_ipython
             from IPython.display import display
@@ -225,13 +226,11 @@ class LivePlot:
             display = get_ipython = None
         for ax, (key, label) in zip(self.axes, self.panels):
             ax.clear()
-            if key == "mlm_loss" and history.train:
-                ax.plot([r["step"] for r in history.train], [r["mlm_loss"] for r in history.train],
-                        color="tab:blue", alpha=0.5, label="train")
-            points = [r for r in history.eval if key in r]
-            if points:
-                ax.plot([r["step"] for r in points], [r[key] for r in points], "o-", color="tab:blue", ms=3,
-                        label="held out")
+            for prefix, style, name in (("train_", dict(alpha=0.5), "train"), ("val_", dict(marker="o", ms=3), "held out")):
+                points = [r for r in result.history if prefix + key in r]
+                if points:
+                    ax.plot([r["step"] for r in points], [r[prefix + key] for r in points], color="tab:blue",
+                            label=name, **style)
             if key in self.baseline:
                 ax.axhline(self.baseline[key], color="tab:red", ls="--",
                            label="chance" if key == "nsp_acc" else "unigram")
@@ -247,123 +246,74 @@ class LivePlot:
             self.handle.update(self._png())
 
 
-def _schedule(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up to 1, then linear decay to 0 (BERT's schedule)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def _forever(batches):
-    while True:
-        empty = True
-        for b in batches:
-            empty = False
-            yield b
-        if empty:
-            raise ValueError("batches is empty")
+def _loader(batches) -> DataLoader:
+    """``batches`` as a DataLoader: a DataLoader as it is; a list of batch dicts, one batch per item."""
+    if isinstance(batches, DataLoader):
+        loader = batches
+    elif isinstance(batches, Sequence) and all(isinstance(b, dict) for b in batches):
+        loader = DataLoader(batches, batch_size=None)  # batch_size=None: each item is a whole batch
+    else:
+        raise TypeError("batches must be a DataLoader of PretrainingCollator batches, or a list of such batches; "
+                        f"got {type(batches).__name__}")
+    if len(loader) == 0:
+        raise ValueError("batches is empty: give at least one batch")
+    return loader
 
 
 def pretrain(model: BertForPreTraining, batches, steps: int, *, lr: float = 1e-3, warmup: float = 0.1,
-             weight_decay: float = 0.01, clip: float = 1.0, masked_only: bool = True,
-             eval_batches: Sequence[dict] | None = None, eval_every: int = 50, baseline: dict | None = None,
-             plot: bool = True, progress: bool = True, desc: str = "pre-training") -> History:
-    """Train ``model`` for ``steps`` optimizer steps on MLM, plus NSP when batches carry ``nsp_labels``.
+             weight_decay: float = 0.01, clip: float | None = 1.0, eval_batches: Sequence[dict] | None = None,
+             eval_every: int = 50, baseline: dict | None = None, plot: bool = True, progress: bool = True,
+             title: str = "pre-training", seed: int = 0) -> train.TrainResult:
+    """Train ``model`` for ``steps`` steps of MLM, plus NSP when the batches carry ``nsp_labels``, with ``fit``.
 
-    ``batches``: an iterable of dicts from :class:`bertlab.pretraining.PretrainingCollator`
-    (e.g. a DataLoader); it is iterated again when it runs out. Loss = mlm_loss + NSP
-    cross-entropy. AdamW with linear warm-up (``warmup`` fraction of the steps) and decay,
-    gradients clipped to norm ``clip``. ``masked_only`` computes MLM logits only at the masked
-    positions (same loss, less work). Every ``eval_every`` steps (and at the end) it evaluates
-    on ``eval_batches`` and, with ``plot``, redraws the live curves. Runs on the model's device.
+    ``batches``: a DataLoader of :class:`bertlab.pretraining.PretrainingCollator` batches (or a
+    list of them), cycled until ``steps`` steps have run. The MLM logits are computed at the
+    batches' ``masked_positions`` only. :func:`bertlab.train.fit` trains with
+    :func:`pretraining_loss`: AdamW (no decay on biases and LayerNorm), warm-up over the
+    ``warmup`` fraction of the steps then linear decay, gradients clipped to norm ``clip``
+    (None: not clipped), dropout seeded with ``seed``. Every ``eval_every`` steps and at the
+    end it scores ``eval_batches`` with :func:`evaluate` and, with ``plot``, redraws the live
+    curves (titled ``title``, dashed lines at ``baseline``); the weights with the lowest
+    held-out MLM loss are kept. Returns fit's ``TrainResult``: ``result.history`` rows hold
+    ``train_mlm_loss`` (and ``train_nsp_loss``) and ``val_mlm_loss``, ``val_mlm_acc``
+    (``val_nsp_acc``). The model ends in eval mode, on the device fit trains on.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1:
-        raise ValueError(f"eval_every must be an int >= 1, got {eval_every!r}")
-    from tqdm.auto import tqdm
-
-    device = _device_of(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]  # biases and LayerNorm: no weight decay, as in BERT
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    n_warm = max(1, int(warmup * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, steps, n_warm))
-    history = History()
+    args.positive_int("steps", steps)
+    loader = _loader(batches)
+    config = train.TrainConfig(lr=lr, max_steps=steps, eval_every=eval_every, patience=None, metric="mlm_loss",
+                               weight_decay=weight_decay, warmup_ratio=warmup, max_grad_norm=clip, seed=seed)
     live = None
-    sums, count = [0.0, 0.0], 0
-    bar = tqdm(total=steps, desc=desc, disable=not progress)
-    model.train()
-    source = _forever(batches)
-    start = time.perf_counter()
-    for step in range(1, steps + 1):
-        batch = _to(next(source), device)
-        has_nsp = "nsp_labels" in batch
-        logits, nsp_logits, labels = _forward(model, batch, masked_only)
-        loss_mlm = mlm_loss(logits, labels)
-        loss_nsp = F.cross_entropy(nsp_logits, batch["nsp_labels"]) if has_nsp else torch.zeros((), device=device)
-        opt.zero_grad(set_to_none=True)
-        (loss_mlm + loss_nsp).backward()
-        torch.nn.utils.clip_grad_norm_(params, clip)
-        opt.step()
-        sched.step()
-        sums[0] += loss_mlm.item()
-        sums[1] += loss_nsp.item()
-        count += 1
-        bar.update(1)
-        if step % eval_every == 0 or step == steps:
-            history.seconds += time.perf_counter() - start
-            history.steps = step
-            row = {"step": step, "mlm_loss": sums[0] / count}
-            if has_nsp:
-                row["nsp_loss"] = sums[1] / count
-            history.train.append(row)
-            sums, count = [0.0, 0.0], 0
-            if eval_batches:
-                history.eval.append({"step": step, **evaluate(model, eval_batches)})
-                bar.set_postfix({k: round(v, 3) for k, v in history.eval[-1].items() if k != "step"})
-                if plot:
-                    live = live or LivePlot(baseline, nsp=has_nsp, title=desc)
-                    live.update(history)
-            start = time.perf_counter()
-    bar.close()
-    return history
+
+    def redraw(result):
+        nonlocal live
+        live = live or LivePlot(baseline, nsp="val_nsp_acc" in result.history[-1], title=title)
+        live.update(result)
+
+    return train.fit(model, loader, (lambda m: evaluate(m, eval_batches)) if eval_batches else None, config,
+                     loss_fn=pretraining_loss, on_validation=redraw if plot else None, progress=progress)
 
 
 def steps_per_second(model: BertForPreTraining, batches: Sequence[dict], masked_only: bool, n_steps: int = 6,
                      warmup_steps: int = 1, lr: float = 1e-4) -> float:
     """Training steps per second (1 / median step time) of ``model`` on ``batches``, cycled.
 
-    Each step is the full forward, loss, backward and AdamW update; ``warmup_steps`` untimed
-    steps first (the first calls allocate). The median, not the mean, so that a hiccup of a
-    shared machine does not decide the result. The model's weights change.
+    A step is :func:`bertlab.train.train_step` with :func:`pretraining_loss` (forward, loss,
+    backward, clipping, AdamW update, schedule), run by ``fit`` as in :func:`pretrain`.
+    ``masked_only`` False drops the batches' ``masked_positions``, so the MLM logits are
+    computed at every position. ``warmup_steps`` untimed steps first (the first calls
+    allocate). The median, not the mean, so that a hiccup of a shared machine does not decide
+    the result. The model's weights change.
     """
-    if n_steps < 1:
-        raise ValueError(f"n_steps must be >= 1, got {n_steps!r}")
-    device = _device_of(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    times = []
-    source = _forever(batches)
-    for i in range(warmup_steps + n_steps):
-        batch = _to(next(source), device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        logits, nsp_logits, labels = _forward(model, batch, masked_only)
-        loss = mlm_loss(logits, labels)
-        if "nsp_labels" in batch:
-            loss = loss + F.cross_entropy(nsp_logits, batch["nsp_labels"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup_steps:
-            times.append(time.perf_counter() - start)
-    return 1.0 / sorted(times)[len(times) // 2]
+    args.positive_int("n_steps", n_steps)
+    args.integer("warmup_steps", warmup_steps, low=0)
+    if not masked_only:
+        batches = [{k: v for k, v in b.items() if k != "masked_positions"} for b in batches]
+    # A validation point (without validation) after every step: each history row then holds one
+    # step's training time. train_step reads the loss back to the host, which waits for the GPU.
+    config = train.TrainConfig(lr=lr, max_steps=warmup_steps + n_steps, eval_every=1, patience=None)
+    result = train.fit(model, _loader(batches), config=config, loss_fn=pretraining_loss, progress=False)
+    times = sorted(r["seconds"] for r in result.history[warmup_steps:])
+    return 1.0 / times[len(times) // 2]
 
 
 # --- fill-mask ----------------------------------------------------------------------------------------
@@ -458,94 +408,84 @@ def head_state(model: BertForPreTraining) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def _masked_features(model: BertForPreTraining, tokenizer, texts, mlm_probability, max_length, batch_size, seed,
                      progress):
-    """Hidden states (N, H) of the frozen encoder at BERT-masked positions, their labels (N,)
-    and the index of the text each comes from (N,)."""
+    """At BERT-masked positions of ``texts``: the frozen encoder's hidden states (N, H), the input
+    token ids (N,), the labels (N,) and the index of the text each comes from (N,)."""
     from tqdm.auto import tqdm
 
     collator = PretrainingCollator(tokenizer, mlm_probability=mlm_probability, seed=seed, max_length=max_length)
     device = _device_of(model)
-    feats, labels, rows = [], [], []
+    feats, ids, labels, rows = [], [], [], []
     model.bert.eval()
     for i in tqdm(range(0, len(texts), batch_size), desc="encoder features", disable=not progress):
         batch = _to(collator(list(texts[i:i + batch_size])), device)
-        chosen = batch["mlm_labels"] != IGNORE_INDEX  # (B, T)
+        chosen = batch["masked_positions"]  # (B, T)
         x, _ = model.bert(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])  # (B, T, H)
         feats.append(x[chosen])  # (n, H)
+        ids.append(batch["input_ids"][chosen])  # (n,)
         labels.append(batch["mlm_labels"][chosen])  # (n,)
         rows.append(i + chosen.nonzero()[:, 0].cpu())  # (n,)
-    return torch.cat(feats), torch.cat(labels), torch.cat(rows)
+    return torch.cat(feats), torch.cat(ids), torch.cat(labels), torch.cat(rows)
 
 
 def train_mlm_head(model: BertForPreTraining, tokenizer, texts: Sequence[str], steps: int, *, lr: float = 1e-2,
                    batch_positions: int = 128, mlm_probability: float = 0.15, max_length: int = 64,
                    batch_size: int = 64, seed: int = 0, eval_fraction: float = 0.1, eval_every: int = 25,
-                   plot: bool = False, progress: bool = True) -> History:
+                   plot: bool = False, progress: bool = True) -> tuple[train.TrainResult, dict]:
     """Train only the MLM head of ``model`` (its transform and output bias); the encoder stays frozen.
 
     The word embeddings, which the head's decoder shares, stay frozen too. Because the encoder
     does not change, its hidden states at the masked positions (BERT's 80/10/10 masking of
-    ``texts``) are computed once; the head then trains on them for ``steps`` AdamW steps of
-    ``batch_positions`` positions. The output bias starts at the log unigram frequencies of the
-    texts, so the head starts as the unigram model and the transform learns what the context
-    adds. The last ``eval_fraction`` of the texts is held out: ``History.eval`` holds the MLM
-    loss and accuracy there, and ``History.baseline`` the unigram model's.
+    ``texts``, in batches of ``batch_size`` texts) are computed once, on
+    ``bertlab.env.get_device()`` (the model is moved there, where fit trains). ``fit`` then
+    trains the head on them for ``steps`` steps of ``batch_positions`` positions (shuffled,
+    epoch after epoch), without weight decay or clipping, with :func:`pretraining_loss`. The
+    output bias starts at the log unigram frequencies of the texts, so the head starts as the
+    unigram model and the transform learns what the context adds. The last ``eval_fraction``
+    of the texts is held out: every ``eval_every`` steps fit scores the MLM loss and accuracy
+    there (``val_mlm_loss``, ``val_mlm_acc`` in ``result.history``) and keeps the best head.
+    Returns ``(result, info)``; ``info`` holds ``positions`` (how many the head trained on) and
+    ``baseline`` (the unigram model on the held-out positions).
     """
-    from tqdm.auto import tqdm
+    from bertlab import env
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    args.positive_int("steps", steps)
+    args.number("eval_fraction", eval_fraction, 0, 1, low_open=True, high_open=True)
     texts = list(texts)
     n_train = len(texts) - max(1, int(eval_fraction * len(texts)))
     if n_train < 1:
         raise ValueError(f"texts must hold at least 2 texts (one is held out), got {len(texts)}")
+    model.to(env.get_device())
     for p in model.bert.parameters():
         p.requires_grad_(False)
-    head = model.cls.predictions
-    trainable = [p for p in head.parameters() if p.requires_grad]  # transform and bias; decoder.weight is frozen
-    x, y, rows = _masked_features(model, tokenizer, texts, mlm_probability, max_length, batch_size, seed, progress)
-    held = rows >= n_train
-    x_train, y_train, x_eval, y_eval = x[~held], y[~held], x[held], y[held]
-    if len(y_train) == 0 or len(y_eval) == 0:
+    head = model.cls.predictions  # forward(x): (N, H) -> (N, V); its decoder.weight is frozen with the encoder
+    x, ids, y, rows = _masked_features(model, tokenizer, texts, mlm_probability, max_length, batch_size, seed, progress)
+    held = rows.to(y.device) >= n_train
+    if held.all() or not held.any():
         raise ValueError("texts are too few or too short: no masked position to train on or to evaluate")
     log_q = unigram_log_probs(tokenizer, texts[:n_train])
     with torch.no_grad():
         head.bias.copy_(log_q.to(head.bias))
-    history = History(positions=len(y_train))
-    history.baseline = {"mlm_loss": float(-log_q[y_eval.cpu()].double().mean()),
-                        "mlm_acc": float((y_eval.cpu() == log_q.argmax()).double().mean())}
-    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, steps, max(1, steps // 10)))
-    live = LivePlot(history.baseline, nsp=False, title="MLM head") if plot else None
-    g = torch.Generator().manual_seed(seed)
+    info = {"positions": int((~held).sum()),
+            "baseline": {"mlm_loss": float(-log_q[y[held].cpu()].double().mean()),
+                         "mlm_acc": float((y[held].cpu() == log_q.argmax()).double().mean())}}
+    # One item per masked position; fit counts a batch's examples by its input_ids (here the token
+    # the encoder read at each position) and feeds the head the entries its forward names (x).
+    positions = StackDataset(x=x[~held].cpu(), input_ids=ids[~held].cpu(), mlm_labels=y[~held].cpu())
+    x_eval, y_eval = x[held], y[held]
 
-    def held_out():
-        with torch.no_grad():
-            logits = head(x_eval)  # (n_eval, V)
-            return {"mlm_loss": F.cross_entropy(logits, y_eval).item(),
-                    "mlm_acc": (logits.argmax(-1) == y_eval).double().mean().item()}
+    @torch.no_grad()
+    def held_out(head):
+        logits = head(x_eval)  # (n_eval, V)
+        return {"mlm_loss": F.cross_entropy(logits, y_eval).item(),
+                "mlm_acc": (logits.argmax(-1) == y_eval).double().mean().item()}
 
-    head.train()
-    loss_sum, count = 0.0, 0
-    start = time.perf_counter()
-    for step in tqdm(range(1, steps + 1), desc="MLM head", disable=not progress):
-        idx = torch.randint(len(y_train), (batch_positions,), generator=g).to(x.device)
-        loss = F.cross_entropy(head(x_train[idx]), y_train[idx])  # (batch_positions, V) logits
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        loss_sum, count = loss_sum + loss.item(), count + 1
-        if step % eval_every == 0 or step == steps:
-            history.seconds += time.perf_counter() - start
-            history.steps = step
-            history.train.append({"step": step, "mlm_loss": loss_sum / count})
-            history.eval.append({"step": step, **held_out()})
-            loss_sum, count = 0.0, 0
-            if live:
-                live.update(history)
-            start = time.perf_counter()
+    config = train.TrainConfig(lr=lr, max_steps=steps, batch_size=batch_positions, weight_decay=0.0,
+                               max_grad_norm=None, eval_every=eval_every, patience=None, metric="mlm_loss", seed=seed)
+    live = LivePlot(info["baseline"], nsp=False, title="MLM head") if plot else None
+    result = train.fit(head, positions, held_out, config, loss_fn=pretraining_loss,
+                       on_validation=live.update if live else None, progress=progress)
     model.eval()
-    return history
+    return result, info
 
 
 #: How the cached MLM head of the shipped checkpoint is trained; the cache key is this dict
@@ -553,13 +493,13 @@ def train_mlm_head(model: BertForPreTraining, tokenizer, texts: Sequence[str], s
 HEAD_CONFIG = {
     "corpus_docs": 400,      # documents of bertlab.data.domain_corpus ...
     "corpus_seed": 0,        # ... and its seed
-    "steps": 150,            # AdamW steps on the cached encoder features
+    "steps": 150,            # training steps (bertlab.train.fit) on the cached encoder features
     "lr": 1e-2,
     "batch_positions": 128,  # masked positions per step
     "mlm_probability": 0.15,
     "max_length": 64,
     "seed": 0,
-    "version": 1,            # bump when the training code changes
+    "version": 2,            # bump when the training code changes (2: trained by bertlab.train.fit)
 }
 
 
@@ -581,9 +521,10 @@ def checkpoint_with_mlm_head(config: dict | None = None, name: str | None = None
     The head comes from ``bertlab.cache`` when one was trained with ``config`` (default:
     :func:`head_config`), else it is trained now by :func:`train_mlm_head` on sentences of
     ``bertlab.data.domain_corpus`` (encoder frozen) and cached. The NSP head stays untrained.
-    Returns ``(model in eval mode, tokenizer, info)``; ``info`` holds the config, whether the
-    cache had it (``cached``) and the training record: ``eval`` (held-out MLM loss and accuracy
-    per logged step), ``baseline`` (the unigram model there), ``seconds``, ``positions``, ``sentences``.
+    Returns ``(model in eval mode on device, tokenizer, info)`` (the model stays on the CPU when
+    ``device`` is None); ``info`` holds whether the cache had it (``cached``) and the training record:
+    ``eval`` (held-out MLM loss and accuracy at each validation step), ``baseline`` (the unigram
+    model there), ``seconds`` (of training), ``positions``, ``sentences``.
     """
     from bertlab import cache
     from bertlab.pretrained import load_tokenizer
@@ -593,24 +534,22 @@ def checkpoint_with_mlm_head(config: dict | None = None, name: str | None = None
     if unknown:
         raise ValueError(f"config has unknown MLM head settings {sorted(unknown)}")
     model = BertForPreTraining.from_pretrained(name)
-    if device is not None:
-        model.to(device)
     tokenizer = load_tokenizer(name)
 
     def build():
         from bertlab.data import domain_corpus
 
         texts = [s for doc in domain_corpus(config["corpus_docs"], config["corpus_seed"]) for s in doc]
-        h = train_mlm_head(model, tokenizer, texts, config["steps"], lr=config["lr"],
-                           batch_positions=config["batch_positions"], mlm_probability=config["mlm_probability"],
-                           max_length=config["max_length"], seed=config["seed"], progress=progress, plot=plot)
-        return head_state(model), {"eval": h.eval, "baseline": h.baseline, "seconds": h.seconds,
-                                   "positions": h.positions, "sentences": len(texts)}
+        result, info = train_mlm_head(model, tokenizer, texts, config["steps"], lr=config["lr"],
+                                      batch_positions=config["batch_positions"], mlm_probability=config["mlm_probability"],
+                                      max_length=config["max_length"], seed=config["seed"], progress=progress, plot=plot)
+        return head_state(model), {"eval": history_rows(result), "seconds": result.seconds, "sentences": len(texts), **info}
 
     state, meta, hit = cache.cached_state("mlm-head", config, build)
     if hit:
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or set(HEAD_KEYS) & set(missing):
             raise RuntimeError(f"cached MLM head does not fit the model: unexpected {unexpected}, missing {missing}")
+    model.to(device if device is not None else "cpu")  # train_mlm_head trained it on fit's device
     model.eval()
     return model, tokenizer, {**meta, "cached": hit}

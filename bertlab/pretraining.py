@@ -19,6 +19,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from bertlab import args
+
 IGNORE_INDEX = -100  # label of a position the MLM loss skips (F.cross_entropy's default ignore_index)
 IS_NEXT, NOT_NEXT = 0, 1
 
@@ -52,8 +54,7 @@ def mask_tokens(
     _check_int("mask_token_id", mask_token_id, low=0)
     if mask_token_id >= vocab_size:
         raise ValueError(f"mask_token_id ({mask_token_id}) must be < vocab_size ({vocab_size})")
-    if isinstance(mlm_probability, bool) or not isinstance(mlm_probability, (int, float)) or not 0 < mlm_probability <= 1:
-        raise ValueError(f"mlm_probability must be a number in (0, 1], got {mlm_probability!r}")
+    args.number("mlm_probability", mlm_probability, 0, 1, low_open=True)
     if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
         raise ValueError(f"input_ids must be token ids in [0, vocab_size={vocab_size}), got values outside")
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -107,7 +108,8 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     _check_ids("labels", labels, allow_1d=True)
     if logits.dim() == 3:
         if labels.shape != logits.shape[:2]:
-            raise ValueError(f"labels must have shape {tuple(logits.shape[:2])} for logits {tuple(logits.shape)}, got {tuple(labels.shape)}")
+            raise ValueError(f"labels must have shape {tuple(logits.shape[:2])} for logits {tuple(logits.shape)}, "
+                             f"got {tuple(labels.shape)}")
         logits, labels = logits.reshape(-1, logits.size(-1)), labels.reshape(-1)  # (B*T, V), (B*T,)
     elif logits.dim() == 2:
         if labels.dim() == 2:
@@ -150,7 +152,8 @@ def nsp_pairs(documents: Sequence[Sequence[str]], n_pairs: int | None = None, se
         _check_int("n_pairs", n_pairs, low=1)
     nonempty = [d for d, doc in enumerate(documents) if len(doc) > 0]
     if len(nonempty) < 2:
-        raise ValueError(f"documents must hold at least 2 non-empty documents (NotNext draws from another one), got {len(nonempty)}")
+        raise ValueError("documents must hold at least 2 non-empty documents (NotNext draws from another one), "
+                         f"got {len(nonempty)}")
     positions = [(d, i) for d, doc in enumerate(documents) for i in range(len(doc) - 1)]  # a at i, next at i + 1
     if not positions:
         raise ValueError("documents must hold at least one document with 2 or more sentences (for IsNext pairs)")
@@ -183,7 +186,9 @@ class PretrainingCollator:
     pre-training on domain text); a batch holds one kind. Returns a dict of
     LongTensors: ``input_ids``, ``token_type_ids``, ``attention_mask``,
     ``mlm_labels`` (B, T), padded to the batch's longest sequence (at most
-    ``max_length``), plus ``nsp_labels`` (B,) for pairs. Masks come from its own
+    ``max_length``), plus ``nsp_labels`` (B,) for pairs, and the BoolTensor
+    ``masked_positions`` (B, T), ``mlm_labels != -100``: given to
+    ``BertForPreTraining``, it computes MLM logits only there. Masks come from its own
     generator seeded with ``seed``: the same batches in the same order give the
     same masks (use it with ``num_workers=0``; worker copies repeat one another).
     """
@@ -191,9 +196,8 @@ class PretrainingCollator:
     def __init__(self, tokenizer, mlm_probability: float = 0.15, seed: int = 0, max_length: int = 128):
         if getattr(tokenizer, "mask_token_id", None) is None:
             raise ValueError("tokenizer must have a mask token ([MASK]); got one without mask_token_id")
-        _check_int("max_length", max_length, low=3)  # room for [CLS] A [SEP]
-        if not 0 < mlm_probability <= 1:
-            raise ValueError(f"mlm_probability must be in (0, 1], got {mlm_probability!r}")
+        args.integer("max_length", max_length, low=3)  # room for [CLS] A [SEP]
+        args.number("mlm_probability", mlm_probability, 0, 1, low_open=True)
         self.tokenizer = tokenizer
         self.mlm_probability = mlm_probability
         self.max_length = max_length
@@ -234,6 +238,7 @@ class PretrainingCollator:
             "token_type_ids": enc["token_type_ids"],
             "attention_mask": enc["attention_mask"],
             "mlm_labels": mlm_labels,
+            "masked_positions": mlm_labels != IGNORE_INDEX,  # (B, T): where the MLM loss has a label
         }
         if nsp is not None:
             batch["nsp_labels"] = nsp
@@ -241,8 +246,7 @@ class PretrainingCollator:
 
 
 def _check_int(name: str, value, low: int):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    args.integer(name, value, low=low)
 
 
 def _check_ids(name: str, ids, allow_1d: bool = False):

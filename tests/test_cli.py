@@ -129,3 +129,16 @@ def test_default_model_from_the_cache(model_path, tmp_path):
     code, out, err = run(["predict"], b"one report\n", env_extra={"BERTLAB_CACHE": str(tmp_path)})
     assert code == 0, err
     assert out[0]["failure_type"] in LABELS
+
+
+def test_export_copies_the_course_model_to_the_default_path(model_path, tmp_path, monkeypatch, capsys):
+    from bertlab import artifacts, cli
+
+    monkeypatch.setenv("BERTLAB_CACHE", str(tmp_path))
+    asked = []
+    monkeypatch.setattr(artifacts, "exported_model", lambda int8=True: asked.append(int8) or model_path)
+    assert cli.main(["export", "--fp32"]) == 0 and cli.main(["export"]) == 0
+    assert asked == [False, True], "--fp32 asks for the fp32 export, the default for INT8"
+    target = tmp_path / "served-model.onnx"
+    assert capsys.readouterr().out.split() == [str(target)] * 2
+    assert target.read_bytes() == model_path.read_bytes() and not list(tmp_path.glob("*.tmp"))

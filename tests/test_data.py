@@ -7,9 +7,27 @@ import numpy as np
 import pytest
 
 from bertlab.data import (
-    ACTIONS, CAUSE_GIVEN_TYPE, ENTITY_LABELS, FAB_STYLES, FABS, FAILURE_TYPES, LABEL_NOISE_RATE, LABELS, ROOT_CAUSES,
-    SEVERITIES, STAGES, Entity, FailureReport, Splits, action_of, domain_corpus, generate_reports, make_splits,
-    near_duplicate_key, severity_of, to_records,
+    ACTIONS,
+    CAUSE_GIVEN_TYPE,
+    ENTITY_LABELS,
+    FAB_STYLES,
+    FABS,
+    FAILURE_TYPES,
+    LABEL_NOISE_RATE,
+    LABELS,
+    ROOT_CAUSES,
+    SEVERITIES,
+    STAGES,
+    Entity,
+    FailureReport,
+    Splits,
+    action_of,
+    domain_corpus,
+    generate_reports,
+    make_splits,
+    near_duplicate_key,
+    severity_of,
+    to_records,
 )
 from bertlab.data import lexicon as lx
 
@@ -208,7 +226,8 @@ def test_fabs_differ_in_style_and_mix():
     assert "->" in texts["C"] and "Severity" in texts["D"]
     # fab E writes lower case: everything but the entities
     for r in generate_reports(300, "E"):
-        rest = "".join(r.text[a.end:b.start] for a, b in zip((Entity(0, 0, ""), *r.entities), (*r.entities, Entity(len(r.text), 0, ""))))
+        bounds = zip((Entity(0, 0, ""), *r.entities), (*r.entities, Entity(len(r.text), 0, "")))
+        rest = "".join(r.text[a.end:b.start] for a, b in bounds)
         assert rest == rest.lower(), r.text
     mixes = {fab: collections.Counter(r.clean_failure_type for r in generate_reports(1500, fab)) for fab in FABS}
     assert mixes["A"].most_common(1)[0][0] != mixes["C"].most_common(1)[0][0]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bertlab import deploy, train
+from bertlab import artifacts, deploy, train, vocab
 
 LABELS = [f"type_{i}" for i in range(4)]
 
@@ -104,7 +104,7 @@ def test_ort_session_errors(tmp_path):
 def test_trimmed_vocabulary_keeps_logits_of_kept_tokens_and_maps_others_to_unk(tmp_path):
     model = tiny_model()
     keep = list(range(2000, 2100))
-    trimmed = deploy.TrimmedVocabulary(model, keep, unk_id=100, special_ids=[0, 101, 102])
+    trimmed = vocab.TrimmedVocabulary(model, keep, unk_id=100, special_ids=[0, 101, 102])
     assert trimmed.model.encoder.embeddings.word_embeddings.num_embeddings == 104
     inside = torch.tensor([[101, 2005, 2050, 102]])
     outside = torch.tensor([[101, 2005, 9999, 102]])
@@ -115,6 +115,8 @@ def test_trimmed_vocabulary_keeps_logits_of_kept_tokens_and_maps_others_to_unk(t
     path = deploy.export_onnx(trimmed, tmp_path / "t.onnx")
     deploy.check_onnx(trimmed, path, threads=1)
     assert deploy.size_mb(path) < 0.2 * deploy.size_mb(deploy.export_onnx(model, tmp_path / "full.onnx"))
+    with pytest.raises(ValueError, match="token ids in 0..30521"):
+        vocab.TrimmedVocabulary(model, [5, 30522], unk_id=100)
 
 
 # ---------------------------------------------------------------- measures
@@ -247,3 +249,22 @@ def test_onnx_predictor_needs_label_names(tmp_path):
     path = deploy.export_onnx(tiny_model(layers=1), tmp_path / "nolabels.onnx")
     with pytest.raises(ValueError, match="label_names"):
         deploy.onnx_predictor(path, threads=1)
+
+
+@pytest.mark.slow
+def test_exported_model_is_built_once_and_served(tmp_path, monkeypatch):
+    """The course's served model (quick teacher and student): exported, quantized, cached, and it predicts."""
+    from bertlab.data import FAILURE_TYPES
+
+    monkeypatch.setenv("BERTLAB_CACHE", str(tmp_path))
+    quick = {"teacher_overrides": artifacts.QUICK, "progress": False, **artifacts.DISTILL_QUICK}
+    path = artifacts.exported_model(**quick)
+    assert path.is_file() and path.parent == tmp_path and path.suffix == ".onnx"
+    built = path.stat().st_mtime_ns
+    assert artifacts.exported_model(**quick) == path and path.stat().st_mtime_ns == built, "the second call reuses the file"
+    assert not list(tmp_path.glob("**/*.tmp")), "no temporary file is left behind"
+    assert json.loads(deploy.read_metadata(path)["label_names"]) == list(FAILURE_TYPES)
+    fp32 = artifacts.exported_model(int8=False, **quick)
+    assert fp32 != path and deploy.size_mb(path) < 0.5 * deploy.size_mb(fp32), "INT8 is the smaller file"
+    out = deploy.onnx_predictor(path, threads=1).predict(["VDD_CORE sagged to 0.91V under load"])[0]
+    assert out.label in FAILURE_TYPES

@@ -5,8 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bertlab import distill, train
-
+from bertlab import artifacts, distill, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -194,23 +193,90 @@ def test_distill_pulls_the_student_towards_the_teacher():
     assert len(result.history) == 12 and "val_accuracy" in result.history[0]
 
 
+def test_distillation_loss_reads_the_teacher_logits_of_the_batch():
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    loss_fn = distill.distillation_loss(temperature=3.0, alpha=0.25)
+    batch = {"input_ids": torch.zeros(3, 4, dtype=torch.long), "labels": Y, "teacher_logits": Tz}
+    assert loss_fn(S, batch).item() == pytest.approx(by_hand(S, Tz, Y, 3.0, 0.25).item(), rel=1e-5)
+    assert loss_fn(SequenceClassifierOutput(logits=S), batch).item() == pytest.approx(loss_fn(S, batch).item())
+    # Validation batches carry no teacher logits: the plain cross-entropy, the same for every student.
+    assert loss_fn(S, {"labels": Y}).item() == pytest.approx(F.cross_entropy(S, Y).item(), abs=1e-6)
+    # alpha = 1 needs no labels.
+    soft = distill.distillation_loss(temperature=2.0, alpha=1.0)(S, {"teacher_logits": Tz})
+    assert soft.item() == pytest.approx(by_hand(S, Tz, Y, 2.0, 1.0).item(), rel=1e-5)
+    for kwargs, match in (({"temperature": 0}, "temperature"), ({"alpha": 2.0}, "alpha")):
+        with pytest.raises(ValueError, match=match):
+            distill.distillation_loss(**kwargs)
+
+
+def test_distill_gives_each_report_its_own_teacher_logits(monkeypatch):
+    """Shuffled, length-grouped batches: the teacher's logits still travel with their reports."""
+    data = toy_data()
+    z = torch.zeros(len(data), 3)
+    z[:, 0] = torch.arange(len(data), dtype=torch.float)  # row i names report i
+    seen = []
+    kd = distill.kd_loss
+
+    def spy(student_logits, teacher_logits, labels=None, **kwargs):
+        rows = teacher_logits[:, 0].long()
+        assert labels.tolist() == [data.labels[i] for i in rows.tolist()], "teacher logits of other reports"
+        seen.extend(rows.tolist())
+        return kd(student_logits, teacher_logits, labels, **kwargs)
+
+    monkeypatch.setattr(distill, "kd_loss", spy)
+    student = distill.student_from_teacher(tiny_teacher(), [0])
+    distill.distill(student, z, data, toy_data(8, seed=1), train.TrainConfig(epochs=2, batch_size=8), progress=False)
+    assert sorted(seen) == sorted(list(range(len(data))) * 2), "every report once per epoch"
+
+
 def test_distill_rejects_mismatched_teacher_logits():
     with pytest.raises(ValueError, match="teacher_logits_train"):
         distill.distill(tiny_teacher(), torch.zeros(5, 3), toy_data(), None, progress=False)
     with pytest.raises(ValueError, match="temperature"):
         distill.distill(tiny_teacher(), torch.zeros(64, 3), toy_data(), None, temperature=0, progress=False)
+    unlabelled = train.TextDataset(toy_data().input_ids)
+    with pytest.raises(ValueError, match="no labels"):
+        distill.distill(tiny_teacher(), torch.zeros(64, 3), unlabelled, None, alpha=0.5, progress=False)
+
+
+# ---------------------------------------------------------------- the course's student (bertlab.artifacts)
 
 
 def test_distilled_student_rejects_unknown_settings():
     with pytest.raises(TypeError, match="unknown settings"):
-        distill.distilled_student(layer=[0])
+        artifacts.distilled_student(layer=[0])
+    with pytest.raises(ValueError, match="alpha"):
+        artifacts.distilled_student(alpha=1.5)
+
+
+def test_distilled_student_cache_key_is_its_settings(monkeypatch):
+    """The key holds the teacher's configuration and the student's settings, not the TrainConfig: cached students stay valid."""
+    tinfo = {"config": {"fab": "A", "max_length": 32}, "splits": {}, "label_names": ["a", "b", "c"]}
+    monkeypatch.setattr(artifacts, "finetuned_classifier", lambda *a, **k: (tiny_teacher(), None, tinfo))
+    keys = []
+
+    class Stop(Exception):
+        pass
+
+    def cached_state(name, config, build):
+        keys.append((name, config))
+        raise Stop
+
+    monkeypatch.setattr(artifacts.cache, "cached_state", cached_state)
+    for overrides in ({}, {"alpha": 0.0, "layers": (0, 5)}):
+        with pytest.raises(Stop):
+            artifacts.distilled_student(**overrides)
+    assert keys == [("student-failure_type", {"teacher": tinfo["config"], **artifacts.DISTILL_DEFAULTS}),
+                    ("student-failure_type", {"teacher": tinfo["config"], **artifacts.DISTILL_DEFAULTS,
+                                              "alpha": 0.0, "layers": [0, 5]})]
 
 
 def test_transfer_reports_are_new_reports_of_the_fab():
     from bertlab.data import make_splits, near_duplicate_key
 
     args = {"fab": "A", "n_train": 40, "n_val": 20, "n_test": 30, "seed": 0}
-    extra = distill.transfer_reports(args, 25)
+    extra = artifacts.transfer_reports(args, 25)
     assert len(extra) == 25 and {r.fab for r in extra} == {"A"}
     splits = make_splits(**args)
     seen = {near_duplicate_key(r.text) for part in splits for r in part}
@@ -219,24 +285,29 @@ def test_transfer_reports_are_new_reports_of_the_fab():
     assert [r.text for r in extra] == [r.text for r in make_splits(**{**args, "n_train": 65}).train[40:]]
     for bad in (0, -3, True, 2.5):
         with pytest.raises(ValueError, match="transfer"):
-            distill.transfer_reports(args, bad)
+            artifacts.transfer_reports(args, bad)
     with pytest.raises(ValueError, match="transfer"):
-        distill.distilled_student(transfer=-1)
+        artifacts.distilled_student(transfer=-1)
 
 
 @pytest.mark.slow
 def test_distilled_student_is_cached(tmp_path, monkeypatch):
     """The course's student on the quick teacher: trained once, then loaded with the same weights."""
     monkeypatch.setenv("BERTLAB_CACHE", str(tmp_path))
-    first, _, info = distill.distilled_student(teacher_overrides=train.QUICK, progress=False, **distill.QUICK)
-    again, _, info2 = distill.distilled_student(teacher_overrides=train.QUICK, progress=False, **distill.QUICK)
+
+    def student(**overrides):
+        return artifacts.distilled_student(teacher_overrides=artifacts.QUICK, progress=False,
+                                           **{**artifacts.DISTILL_QUICK, **overrides})
+
+    first, _, info = student()
+    again, _, info2 = student()
     assert not info["cached"] and info2["cached"]
-    assert first.encoder.config.num_hidden_layers == len(distill.DISTILL_DEFAULTS["layers"])
+    assert first.encoder.config.num_hidden_layers == len(artifacts.DISTILL_DEFAULTS["layers"])
     for (name, a), b in zip(first.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a.cpu(), b.cpu()), f"{name} differs between the trained and the cached student"
-    other, _, info3 = distill.distilled_student(teacher_overrides=train.QUICK, progress=False, **distill.QUICK, alpha=0.0)
+    other, _, info3 = student(alpha=0.0)
     assert not info3["cached"], "another alpha is another model: it must not come from the same cache entry"
-    more, _, info4 = distill.distilled_student(teacher_overrides=train.QUICK, progress=False, **distill.QUICK, transfer=32)
+    more, _, info4 = student(transfer=32)
     assert not info4["cached"] and info4["settings"]["transfer"] == 32
     assert info4["build_seconds"] >= info4["train_seconds"] > 0
     assert not all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(first.state_dict().values(), more.state_dict().values())), \

@@ -21,7 +21,8 @@ def tiny_config(layers=3, **kw):
 
 
 def hf_bert(layers=3):
-    from transformers import BertConfig as HFConfig, BertModel as HFBertModel
+    from transformers import BertConfig as HFConfig
+    from transformers import BertModel as HFBertModel
 
     torch.manual_seed(0)
     return HFBertModel(HFConfig(vocab_size=40, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
@@ -196,7 +197,8 @@ def test_perplexity_of_the_course_model_matches_its_mlm_loss_and_ignores_batchin
 
 
 def test_perplexity_of_a_transformers_masked_lm_is_exp_of_its_own_loss(tokenizer):
-    from transformers import BertConfig as HFConfig, BertForMaskedLM
+    from transformers import BertConfig as HFConfig
+    from transformers import BertForMaskedLM
 
     torch.manual_seed(0)
     model = BertForMaskedLM(HFConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
@@ -285,6 +287,11 @@ def test_continue_pretraining_trains_once_then_loads_from_the_cache(tmp_path, mo
     model, tok, info = domain.continue_pretraining(cfg, device="cpu", progress=False)
     assert not info["cached"] and len(calls) == 1 and not model.training
     assert info["heldout_sentences"] > 0 and len(info["eval"]) == 1 and info["before"]["mlm_loss"] > 0
+    # the keys notebook 07 reads, with their meaning
+    assert info["eval"][-1]["step"] == cfg["steps"] and set(info["eval"][-1]) == {"step", "mlm_loss", "mlm_acc"}
+    assert info["train"][-1]["step"] == cfg["steps"] and info["train"][-1]["mlm_loss"] > 0
+    assert info["seconds"] > 0 and info["steps_per_second"] == pytest.approx(cfg["steps"] / info["seconds"])
+    assert info["sentences"] > 0 and info["head_cached"] in (True, False)
     again, _, info2 = domain.continue_pretraining(cfg, device="cpu", progress=False)
     assert info2["cached"] and len(calls) == 1, "the second call must load, not train"
     assert info2["eval"] == info["eval"]
@@ -315,29 +322,3 @@ def test_course_encoder_round_trips_a_transformers_bert():
     assert domain.course_encoder(ours) is ours
     with pytest.raises(TypeError, match="encoder must be"):
         domain.course_encoder(nn.Linear(2, 2))
-
-
-def test_layer_states_match_frozen_states_and_the_full_model():
-    from bertlab.baselines import frozen_states
-
-    torch.manual_seed(0)
-    bert = BertModel(tiny_config(layers=3))
-    bert.train()
-    g = torch.Generator().manual_seed(1)
-    data = train.TextDataset([torch.randint(4, 40, (int(n),), generator=g).tolist() for n in (5, 9, 3, 7)], [0, 1, 0, 1])
-    states = domain.layer_states(bert, data, [3, 0, 2], batch_size=3)
-    assert sorted(states) == [0, 2, 3] and bert.training, "the model goes back to the mode it was in"
-    for k in (0, 2):
-        ref = frozen_states(bert, data, k, batch_size=2)
-        for a, b in zip(states[k].states, ref.states):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-    bert.eval()
-    with torch.no_grad():
-        for i in range(len(data)):
-            ids = torch.tensor([data.input_ids[i]])
-            torch.testing.assert_close(states[3].states[i], bert(ids)[0][0], atol=1e-5, rtol=0)
-    assert states[3].labels == [0, 1, 0, 1]
-    with pytest.raises(ValueError, match="ks"):
-        domain.layer_states(bert, data, [4])
-    with pytest.raises(TypeError, match="bert must be"):
-        domain.layer_states(domain.transformers_encoder(bert), data, [1])

@@ -218,6 +218,22 @@ def test_bad_inputs_are_rejected(kwargs, error, match):
         model(**kwargs)
 
 
+def test_value_checks_read_nothing_back_from_an_accelerator():
+    """On a GPU the range checks would sync at every forward pass: they run only for ids on the CPU.
+
+    The meta device stands in for a GPU: its tensors have shapes but no values, so reading a
+    min or max back to the host raises, and the shape checks still apply.
+    """
+    model = BertModel(tiny_config()).to("meta")
+    ids = torch.full((2, 5), 98, dtype=torch.long, device="meta")
+    x, pooled = model(ids, token_type_ids=torch.zeros_like(ids))
+    assert x.shape == (2, 5, 32) and pooled.shape == (2, 32)
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(ids, attention_mask=torch.ones(2, 4, device="meta"))
+    with pytest.raises(TypeError, match="input_ids"):
+        model(torch.ones(2, 5, device="meta"))
+
+
 # --- pre-training heads ------------------------------------------------------------------------------
 
 

@@ -3,10 +3,9 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
 
+from bertlab import artifacts, train
 from bertlab import multitask as mt
-from bertlab import train
 from bertlab.data import LABELS, generate_reports
 from bertlab.pretraining import IGNORE_INDEX
 
@@ -86,19 +85,12 @@ def test_model_rejects_bad_arguments(num_labels, kwargs, match):
         mt.MultiTaskModel(tiny_encoder(), num_labels, **kwargs)
 
 
-def test_packed_view_shares_the_parameters_and_their_names():
-    model = mt.MultiTaskModel(tiny_encoder(), {"a": 3, "b": 2}).eval()
-    view = mt.PackedLogits(model)
-    assert list(view.state_dict()) == list(model.state_dict())
-    assert all(p is q for p, q in zip(view.parameters(), model.parameters()))
-    ids, mask = ids_batch()
-    out = model(ids, mask)
-    parts = mt.split_logits(view(ids, mask), model.num_labels)
-    assert all(torch.equal(parts[t], out[t]) for t in out)
-    # head_lr reaches every head: they are all under "classifier."
-    groups = train.param_groups(view, head_lr=1e-3)
-    head_params = {id(p) for g in groups[2:] for p in g["params"]}
-    assert head_params == {id(p) for p in model.classifier.parameters()}
+def test_no_wrapper_head_lr_reaches_every_head_of_the_model_itself():
+    for name in ("PackedLogits", "PackedLoss", "PackedMetrics", "split_logits"):
+        assert not hasattr(mt, name), f"{name}: fit takes the model's dict of logits as it is"
+    model = mt.MultiTaskModel(tiny_encoder(), {"a": 3, "b": 2})
+    groups = train.param_groups(model, head_lr=1e-3)  # all the heads are under "classifier."
+    assert {id(p) for g in groups[2:] for p in g["params"]} == {id(p) for p in model.classifier.parameters()}
 
 
 # ---------------------------------------------------------------- the loss
@@ -166,7 +158,8 @@ def test_loss_trains_the_heads_through_the_shared_encoder():
 
 
 @pytest.mark.parametrize("labels, weights, match", [
-    ({"a": torch.tensor([0, 1, 2, 0]), "b": torch.tensor([0, 1, 0, 1]), "c": torch.tensor([0, 0, 0, 0])}, None, "labels has tasks"),
+    ({"a": torch.tensor([0, 1, 2, 0]), "b": torch.tensor([0, 1, 0, 1]), "c": torch.tensor([0, 0, 0, 0])}, None,
+     "labels has tasks"),
     ({"a": torch.tensor([0, 1, 2, 0])}, None, r"labels has no entry.*'b'"),
     ({"a": torch.tensor([0, 1, 3, 0]), "b": torch.tensor([0, 1, 0, 1])}, None, r"labels\['a'\] holds 3"),
     ({"a": torch.tensor([0, 1, 2, 0]), "b": torch.tensor([0, -1, 0, 1])}, None, r"labels\['b'\] holds -1"),
@@ -263,9 +256,21 @@ def test_task_metrics_skip_missing_labels():
     # macro-F1 over classes 0,1,2: class 0 P=1/2 R=1 F=2/3, class 1 F=1, class 2 F=0.
     assert scores["a"]["macro_f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
     assert scores["b"]["n"] == 0 and math.isnan(scores["b"]["accuracy"])
-    packed = mt.PackedMetrics({"a": 3, "b": 2})(torch.cat([logits["a"], logits["b"]], 1), torch.stack([labels["a"], labels["b"]], 1))
-    assert packed["accuracy"] == pytest.approx(2 / 3), "the mean must skip tasks without labels"
-    assert packed["a_accuracy"] == pytest.approx(2 / 3)
+    batch = {"labels": torch.stack([labels["a"], labels["b"]], 1)}  # (B, K): one column per task
+    means = mt.batch_metrics(logits, batch)
+    assert means["accuracy"] == pytest.approx(2 / 3), "the mean must skip tasks without labels"
+    assert means["a_accuracy"] == pytest.approx(2 / 3) and means["a_macro_f1"] == pytest.approx(scores["a"]["macro_f1"])
+
+
+def test_batch_loss_reads_the_dict_of_logits_and_the_label_columns():
+    labels = {"a": torch.tensor([0, M, 1, 2]), "b": torch.tensor([M, 0, M, 1])}
+    batch = {"labels": torch.stack([labels["a"], labels["b"]], 1), "index": torch.arange(4)}
+    out = mt.batch_loss(Z, batch, weights={"a": 0.5})
+    total, per_task = mt.multitask_loss(Z, labels, {"a": 0.5})
+    assert set(out) == {"loss", "a_loss", "b_loss"}, "the per-task losses are logged as parts"
+    assert out["loss"].item() == pytest.approx(total.item()) and out["b_loss"].item() == pytest.approx(per_task["b"].item())
+    with pytest.raises(ValueError, match=r"labels must be \(B, 2\)"):
+        mt.batch_loss(Z, {"labels": labels["a"]})
 
 
 def toy_multitask_data(n=64, seed=0):
@@ -284,7 +289,8 @@ def test_fit_multitask_trains_every_head_with_train_fit():
     result = mt.fit_multitask(model, data.subset(range(48)), data.subset(range(48, 64)), config, progress=False)
     after = mt.evaluate_multitask(model, data)
     assert not model.training and not model.encoder.training
-    assert len(result.history) == 4 and {"val_a_macro_f1", "val_b_accuracy", "val_macro_f1"} <= set(result.history[-1])
+    assert len(result.history) == 4
+    assert {"val_a_macro_f1", "val_b_accuracy", "val_macro_f1", "train_a_loss", "train_b_loss"} <= set(result.history[-1])
     assert after["a"]["loss"] < before["a"]["loss"] and after["b"]["loss"] < before["b"]["loss"]
     assert after["b"]["n"] == sum(y != M for y in data.task_labels("b"))
     row = result.history[-1]
@@ -302,157 +308,35 @@ def test_fit_multitask_rejects_datasets_of_other_tasks():
                          weights={"c": 1.0}, progress=False)
 
 
-# ---------------------------------------------------------------- the fast variant: frozen lower layers
-
-
-def two_layer_bert(seed=0):
-    from bertlab.model import BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    return BertModel(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                intermediate_size=32, max_position_embeddings=32)).eval()
-
-
-def padded_states(B=4, T=7, H=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, T, H, generator=g)
-    mask = torch.ones(B, T, dtype=torch.long)
-    mask[1, 4:] = 0  # a shorter report: its padding must not be attended to
-    mask[3, 2:] = 0
-    return x, mask
-
-
-def test_top_layer_at_cls_equals_the_whole_layer_at_cls_values_and_gradients():
-    from bertlab.model import extended_attention_mask
-
-    layer = two_layer_bert().encoder.layer[1]
-    x, mask = padded_states()
-    ext = extended_attention_mask(mask)
-    whole = layer(x, ext)[:, :1]
-    fast = mt.top_layer_at_cls(layer, x, ext)
-    assert fast.shape == (4, 1, 16)
-    torch.testing.assert_close(fast, whole, atol=1e-5, rtol=0)
-    grads = []
-    for run in (lambda: layer(x, ext)[:, :1], lambda: mt.top_layer_at_cls(layer, x, ext)):
-        layer.zero_grad()
-        run().pow(2).sum().backward()
-        grads.append({n: p.grad.clone() for n, p in layer.named_parameters()})
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4, msg=name)
-    # padding is masked: changing a padded position of report 1 leaves its [CLS] output alone
-    x2 = x.clone()
-    x2[1, 5] += 10.0
-    torch.testing.assert_close(mt.top_layer_at_cls(layer, x2, ext)[1], fast[1].detach())
-
-
-def test_top_layers_multitask_reads_the_cls_vector_of_copied_top_layers():
-    from bertlab.model import extended_attention_mask
-
-    bert = two_layer_bert()
-    x, mask = padded_states()
-    torch.manual_seed(5)
-    model = mt.TopLayersMultiTask(bert, 1, {"severity": 3, "action": 6}).eval()
-    torch.manual_seed(5)
-    ref = mt.MultiTaskModel(bert, {"severity": 3, "action": 6})
-    out = model(x, mask)
-    assert list(out) == ["severity", "action"] and out["action"].shape == (4, 6)
-    h = bert.encoder.layer[1](x, extended_attention_mask(mask))[:, 0]  # the whole top layer, [CLS] kept
-    for t in out:
-        torch.testing.assert_close(model.classifier[t].weight, ref.classifier[t].weight)  # MultiTaskModel's init
-        torch.testing.assert_close(out[t], model.classifier[t](h), atol=1e-5, rtol=0)
-    assert model.layers[0] is not bert.encoder.layer[1], "the top layers are copies: training leaves bert alone"
-    assert train.count_parameters(model) == train.count_parameters(bert.encoder.layer[1]) + 17 * 3 + 17 * 6
-    one = mt.TopLayersMultiTask(bert, 0, {"a": 2})  # two trained layers, one head: the single-task model
-    assert len(one.layers) == 2 and list(one(x, mask)) == ["a"]
-
-
-@pytest.mark.parametrize("n_frozen, num_labels, match", [
-    (2, {"a": 2}, "n_frozen"), (-1, {"a": 2}, "n_frozen"), (True, {"a": 2}, "n_frozen"),
-    (1, {}, "num_labels"), (1, {"a": 1}, r"num_labels\['a'\]"),
-])
-def test_top_layers_multitask_rejects_bad_arguments(n_frozen, num_labels, match):
-    with pytest.raises(ValueError, match=match):
-        mt.TopLayersMultiTask(two_layer_bert(), n_frozen, num_labels)
-
-
-def test_frozen_multitask_states_keep_the_label_columns_and_select_tasks():
-    from bertlab import baselines
-
-    bert = two_layer_bert()
-    data = toy_multitask_data(12)
-    states = mt.frozen_multitask_states(bert, data, 1)
-    plain = baselines.frozen_states(bert, data, 1)
-    assert len(states) == 12 and states.tasks == ("a", "b") and states.lengths() == data.lengths()
-    assert all(torch.equal(s, p) for s, p in zip(states.states, plain.states))
-    batch = states.collate([states[i] for i in range(3)])
-    assert batch["labels"].tolist() == [data.labels[i] for i in range(3)] and batch["labels"].shape == (3, 2)
-    assert batch["hidden_states"].shape[0] == 3 and batch["attention_mask"].shape == batch["hidden_states"].shape[:2]
-    b = states.select("b")
-    assert b.tasks == ("b",) and b.labels == [[row[1]] for row in data.labels] and all(x is y for x, y in zip(b.states, states.states))
-    assert states.task_labels("b") == data.task_labels("b")
-    sub = states.subset([5, 2]).select(["b", "a"])
-    assert sub.labels == [[data.labels[5][1], data.labels[5][0]], [data.labels[2][1], data.labels[2][0]]]
-    with pytest.raises(ValueError, match="tasks must be some of"):
-        states.select(["c"])
-    with pytest.raises(ValueError, match="MultiTaskDataset"):
-        mt.frozen_multitask_states(bert, train.TextDataset([[1, 2]], [0]), 1)
-    with pytest.raises(ValueError, match="one row of 2"):
-        mt.MultiTaskStates(states.states[:2], [[0, 1]], ("a", "b"))
+# ---------------------------------------------------------------- the fast variant: bertlab.frozen
 
 
 def test_fit_multitask_trains_top_layers_on_frozen_states_alone_or_together():
-    bert = two_layer_bert()
+    from bertlab import frozen
+    from bertlab.model import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=32, max_position_embeddings=32)).eval()
     data = toy_multitask_data()
-    states = mt.frozen_multitask_states(bert, data, 1)
+    states = frozen.frozen_states(bert, data, 1, top_keys_values=True, progress=False)
     config = train.TrainConfig(lr=1e-2, head_lr=2e-2, epochs=4, batch_size=8, patience=None, warmup_ratio=0.0)
-    frozen_before = {k: v.clone() for k, v in bert.state_dict().items()}
     for tasks in (("a", "b"), ("b",)):
         torch.manual_seed(0)
-        model = mt.TopLayersMultiTask(bert, 1, {t: {"a": 3, "b": 2}[t] for t in tasks})
+        model = frozen.TopLayers(bert, 1, {t: {"a": 3, "b": 2}[t] for t in tasks}, train_keys_values=False)
         part = states.select(tasks)
         before = mt.evaluate_multitask(model, part)
         result = mt.fit_multitask(model, part.subset(range(48)), part.subset(range(48, 64)), config, progress=False)
         after = mt.evaluate_multitask(model, part)
-        assert not model.training and len(result.history) == 4
+        assert not model.training and len(result.history) == 4 and "val_b_macro_f1" in result.history[-1]
         assert all(after[t]["loss"] < before[t]["loss"] for t in tasks), (before, after)
         assert after["b"]["n"] == sum(y != M for y in data.task_labels("b")), "missing labels are not scored"
-    assert all(torch.equal(v, bert.state_dict()[k]) for k, v in frozen_before.items()), "bert itself must not change"
-    view = mt.PackedLogits(model)
-    assert list(view.state_dict()) == list(model.state_dict())
-    with pytest.raises(ValueError, match="TopLayersMultiTask reads MultiTaskStates"):
+        logits, labels = mt.collect_multitask_logits(model, part)
+        assert list(logits) == list(tasks) and labels["b"].tolist() == data.task_labels("b")
+    with pytest.raises(ValueError, match="a frozen.TopLayers reads frozen.HiddenStates"):
         mt.fit_multitask(model, mt.MultiTaskDataset(data.input_ids, [[r[1]] for r in data.labels], ("b",)), progress=False)
-    with pytest.raises(TypeError, match="MultiTaskModel or TopLayersMultiTask"):
-        mt.PackedLogits(nn.Linear(2, 2))
-
-
-def test_frozen_keys_and_values_give_the_same_model_and_train_only_the_cls_path():
-    bert = two_layer_bert()
-    data = toy_multitask_data(16)
-    plain = mt.frozen_multitask_states(bert, data, 1)
-    kv = mt.frozen_multitask_states(bert, data, 1, top_keys_values=True)
-    assert kv[0]["hidden_states"].shape == (len(data.input_ids[0]), 48), "x, keys and values side by side: 3H"
-    torch.manual_seed(0)
-    full = mt.TopLayersMultiTask(bert, 1, {"a": 3, "b": 2}).eval()
-    fast = mt.TopLayersMultiTask(bert, 1, {"a": 3, "b": 2}, train_keys_values=False).eval()
-    fast.load_state_dict(full.state_dict())
-    for t in ("a", "b"):
-        torch.testing.assert_close(mt.collect_multitask_logits(fast, kv)[0][t], mt.collect_multitask_logits(full, plain)[0][t],
-                                   atol=1e-5, rtol=0)
-    att = fast.layers[0].attention.self
-    assert not any(p.requires_grad for p in [*att.key.parameters(), *att.value.parameters()])
-    n_kv = 2 * (16 * 16 + 16)
-    assert train.count_parameters(fast, trainable_only=True) == train.count_parameters(full) - n_kv
-    key_before = att.key.weight.clone()
-    config = train.TrainConfig(lr=1e-2, head_lr=2e-2, epochs=2, batch_size=8, patience=None, warmup_ratio=0.0)
-    fast.train()
-    before = mt.evaluate_multitask(fast, kv)
-    mt.fit_multitask(fast, kv, None, config, progress=False)
-    assert torch.equal(att.key.weight, key_before), "frozen keys stay as they were"
-    assert mt.evaluate_multitask(fast, kv)["a"]["loss"] < before["a"]["loss"]
-    with pytest.raises(ValueError, match="width 3H"):
-        fast(plain[0]["hidden_states"][None], torch.ones(1, len(data.input_ids[0]), dtype=torch.long))
-    with pytest.raises(ValueError, match="exactly one trained layer"):
-        mt.TopLayersMultiTask(bert, 0, {"a": 2}, train_keys_values=False)
+    with pytest.raises(TypeError, match="MultiTaskModel or a bertlab.frozen.TopLayers with a"):
+        mt.fit_multitask(frozen.TopLayers(bert, 1, 2), states, progress=False)
 
 
 # ---------------------------------------------------------------- the course's cached model
@@ -465,8 +349,8 @@ def test_multitask_classifier_trains_once_then_loads(monkeypatch, tmp_path):
     monkeypatch.setenv(cache.ENV_VAR, str(tmp_path))
     small = dict(n_train=16, n_val=8, n_test=8, max_length=32, batch_size=8, epochs=1,
                  tasks=["severity", "root_cause"], missing={"root_cause": 0.5}, weights={"root_cause": 0.5})
-    model, tok, info = mt.multitask_classifier(progress=False, **small)
-    again, _, info2 = mt.multitask_classifier(progress=False, **small)
+    model, tok, info = artifacts.multitask_classifier(progress=False, **small)
+    again, _, info2 = artifacts.multitask_classifier(progress=False, **small)
     assert (info["cached"], info2["cached"]) == (False, True)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     assert model.tasks == ("severity", "root_cause") and info["label_names"]["severity"] == ["low", "medium", "high"]
@@ -476,10 +360,10 @@ def test_multitask_classifier_trains_once_then_loads(monkeypatch, tmp_path):
     scores = mt.evaluate_multitask(again, data)
     assert scores["root_cause"]["n"] == len(test), "test reports keep every label"
     with pytest.raises(TypeError, match="unknown settings"):
-        mt.multitask_classifier(n_epochs=3)
+        artifacts.multitask_classifier(n_epochs=3)
     with pytest.raises(ValueError, match="tasks"):
-        mt.multitask_classifier(tasks=["colour"])
+        artifacts.multitask_classifier(tasks=["colour"])
     with pytest.raises(ValueError, match="weights has tasks"):
-        mt.multitask_classifier(tasks=["severity"], weights={"action": 1.0})
+        artifacts.multitask_classifier(tasks=["severity"], weights={"action": 1.0})
     with pytest.raises(ValueError, match=r"missing\['severity'\]"):
-        mt.multitask_classifier(missing={"severity": 2})
+        artifacts.multitask_classifier(missing={"severity": 2})

@@ -1,4 +1,5 @@
 """Pre-training runs (bertlab.pretrain_loop): domain vocabulary, loop, measurements, fill-mask, MLM head."""
+import inspect
 import math
 import random
 import sys
@@ -6,8 +7,9 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
-from bertlab import cache
+from bertlab import cache, train
 from bertlab import pretrain_loop as pl
 from bertlab.data import domain_corpus
 from bertlab.model import BertConfig, BertForPreTraining
@@ -108,54 +110,118 @@ def test_evaluate_counts_every_masked_position_once(tok, batches):
     assert got["mlm_acc"] == pytest.approx(correct / n) and got["nsp_acc"] == pytest.approx(nsp / nsp_n)
 
 
-def test_masked_only_logits_give_the_same_loss_and_gradients(tok, batches):
+def test_pretraining_loss_is_mlm_plus_nsp_and_masked_only_logits_give_the_same_loss_and_gradients(tok, batches):
     model = tiny_model(len(tok))
+    batch = batches[0]
+    full = {k: v for k, v in batch.items() if k != "masked_positions"}
     grads = []
-    for masked_only in (False, True):
+    for b in (full, batch):  # logits at every position (B, T, V), then at the masked positions only (N, V)
         model.zero_grad()
-        logits, _, labels = pl._forward(model, batches[0], masked_only)
-        loss = mlm_loss(logits, labels)
-        loss.backward()
-        grads.append((loss.item(), model.bert.embeddings.word_embeddings.weight.grad.clone()))
-    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)
-    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
+        outputs = model(**train.model_inputs(b, train.forward_keys(model)))
+        losses = pl.pretraining_loss(outputs, b)
+        losses["loss"].backward()
+        grads.append((losses, model.bert.embeddings.word_embeddings.weight.grad.clone()))
+    (full_losses, full_grad), (sparse_losses, sparse_grad) = grads
+    assert set(sparse_losses) == {"loss", "mlm_loss", "nsp_loss"} and sparse_losses["mlm_loss"].dim() == 0
+    mlm_logits, nsp_logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    assert full_losses["mlm_loss"].item() == pytest.approx(mlm_loss(mlm_logits, batch["mlm_labels"]).item(), rel=1e-5)
+    assert full_losses["nsp_loss"].item() == pytest.approx(F.cross_entropy(nsp_logits, batch["nsp_labels"]).item(), rel=1e-5)
+    assert full_losses["loss"].item() == pytest.approx(full_losses["mlm_loss"].item() + full_losses["nsp_loss"].item())
+    for k in full_losses:
+        assert sparse_losses[k].item() == pytest.approx(full_losses[k].item(), rel=1e-5), k
+    assert torch.allclose(full_grad, sparse_grad, atol=1e-6)
+    mlm_only = {k: v for k, v in batch.items() if k != "nsp_labels"}
+    assert set(pl.pretraining_loss(model(**train.model_inputs(mlm_only, train.forward_keys(model))), mlm_only)) == {
+        "loss", "mlm_loss"}
 
 
 def test_pretrain_lowers_the_loss_and_records_history(tok, batches):
     model = tiny_model(len(tok))
     before = pl.evaluate(model, batches)
-    history = pl.pretrain(model, batches, 40, lr=3e-3, eval_batches=batches, eval_every=20, plot=False,
-                          progress=False)
-    assert [r["step"] for r in history.eval] == [20, 40] and [r["step"] for r in history.train] == [20, 40]
-    assert history.steps == 40 and history.seconds > 0 and history.steps_per_second > 0
-    assert set(history.eval[-1]) == {"step", "mlm_loss", "mlm_acc", "nsp_acc"}
-    assert history.eval[-1]["mlm_loss"] < before["mlm_loss"] - 0.5, (before, history.eval[-1])
-    assert model.training
+    result = pl.pretrain(model, batches, 40, lr=3e-3, eval_batches=batches, eval_every=20, plot=False,
+                         progress=False)
+    assert isinstance(result, train.TrainResult)
+    assert [r["step"] for r in result.history] == [20, 40] and len(result.steps) == 40
+    assert result.seconds > 0 and result.steps_per_second > 0
+    assert {"train_mlm_loss", "train_nsp_loss", "val_mlm_loss", "val_mlm_acc", "val_nsp_acc"} <= set(result.history[-1])
+    assert [r["step"] for r in pl.history_rows(result)] == [20, 40]
+    assert set(pl.history_rows(result)[-1]) == {"step", "mlm_loss", "mlm_acc", "nsp_acc"}
+    assert result.history[-1]["val_mlm_loss"] < before["mlm_loss"] - 0.5, (before, result.history[-1])
+    assert not model.training
+
+
+def test_pretrain_runs_fits_schedule_and_no_decay_groups(tok, docs, monkeypatch):
+    real_groups, seen = train.param_groups, []
+    monkeypatch.setattr(train, "param_groups", lambda *a, **kw: seen.append(real_groups(*a, **kw)) or seen[-1])
+    model = tiny_model(len(tok))
+    loader = DataLoader(nsp_pairs(docs, 48, seed=0), batch_size=8, shuffle=True,
+                        collate_fn=PretrainingCollator(tok, max_length=48, seed=0))
+    steps, lr = 20, 1e-3
+    result = pl.pretrain(model, loader, steps, lr=lr, warmup=0.2, weight_decay=0.05, plot=False, progress=False)
+    # the learning rate of every step (6 batches per pass over the data: cycled) follows train.warmup_linear
+    assert [r["step"] for r in result.steps] == list(range(1, steps + 1))
+    assert [r["lr"] for r in result.steps] == pytest.approx([lr * train.warmup_linear(s, 4, steps) for s in range(steps)])
+    # AdamW's groups are train.param_groups': no decay on exactly the biases and LayerNorm weights
+    (decay, no_decay), = seen
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    got = {names[id(p)] for p in no_decay["params"]}
+    assert got == {n for n in names.values() if n.endswith("bias") or ".LayerNorm." in n}
+    assert {"cls.predictions.bias", "cls.predictions.transform.LayerNorm.weight", "bert.embeddings.LayerNorm.weight"} <= got
+    assert len(decay["params"]) + len(no_decay["params"]) == len(names)
+
+
+def test_pretrain_redraws_the_live_plot_after_each_evaluation(tok, batches, monkeypatch):
+    drawn = []
+
+    class Spy(pl.LivePlot):
+        def update(self, result):
+            drawn.append((self.panels, [r["step"] for r in result.history]))
+            super().update(result)
+
+    monkeypatch.setattr(pl, "LivePlot", Spy)
+    pl.pretrain(tiny_model(len(tok)), batches, 6, eval_batches=batches[:1], eval_every=2, progress=False)
+    assert [steps for _, steps in drawn] == [[2], [2, 4], [2, 4, 6]]
+    assert [key for key, _ in drawn[0][0]] == ["mlm_loss", "mlm_acc", "nsp_acc"]
 
 
 def test_pretrain_mlm_only_batches_and_bad_arguments(tok, texts):
     collate = PretrainingCollator(tok, max_length=32, seed=0)
     batches = [collate(texts[i:i + 8]) for i in range(0, 16, 8)]  # single texts: no NSP
-    history = pl.pretrain(tiny_model(len(tok)), batches, 3, eval_batches=batches, eval_every=3, plot=False,
-                          progress=False)
-    assert "nsp_acc" not in history.eval[-1] and "nsp_loss" not in history.train[-1]
+    result = pl.pretrain(tiny_model(len(tok)), batches, 3, eval_batches=batches, eval_every=3, plot=False,
+                         progress=False)
+    assert "val_nsp_acc" not in result.history[-1] and "train_nsp_loss" not in result.history[-1]
+    assert "train_mlm_loss" in result.history[-1]
     with pytest.raises(ValueError, match="steps"):
         pl.pretrain(tiny_model(len(tok)), batches, 0, plot=False, progress=False)
     with pytest.raises(ValueError, match="empty"):
         pl.pretrain(tiny_model(len(tok)), [], 2, plot=False, progress=False)
+    with pytest.raises(TypeError, match="DataLoader"):
+        pl.pretrain(tiny_model(len(tok)), texts[:8], 2, plot=False, progress=False)
 
 
-def test_steps_per_second_is_positive(tok, batches):
-    assert pl.steps_per_second(tiny_model(len(tok)), batches, masked_only=True, n_steps=2) > 0
+def test_pretrain_loop_has_no_optimizer_or_schedule_of_its_own():
+    """One training loop in the course: pretrain_loop trains through bertlab.train.fit."""
+    src = inspect.getsource(pl)
+    for own in ("torch.optim", "AdamW(", "LambdaLR", "lr_scheduler", ".backward(", "clip_grad_norm", "def _schedule"):
+        assert own not in src, f"pretrain_loop has {own!r}: train through bertlab.train.fit instead"
 
 
-def test_live_plot_draws_without_a_notebook(tok, batches, capsys):
-    history = pl.History(train=[{"step": 1, "mlm_loss": 5.0}],
-                         eval=[{"step": 1, "mlm_loss": 4.0, "mlm_acc": 0.1, "nsp_acc": 0.5}])
+@pytest.mark.parametrize("masked_only", [False, True])
+def test_steps_per_second_is_positive(tok, batches, masked_only):
+    assert pl.steps_per_second(tiny_model(len(tok)), batches, masked_only=masked_only, n_steps=2) > 0
+
+
+def test_live_plot_draws_without_a_notebook(capsys):
+    result = train.TrainResult(history=[{"step": 1, "train_mlm_loss": 5.0, "val_mlm_loss": 4.0, "val_mlm_acc": 0.1,
+                                         "val_nsp_acc": 0.5}])
     plot = pl.LivePlot({"mlm_loss": 5.5, "mlm_acc": 0.05, "nsp_acc": 0.5}, nsp=True)
-    plot.update(history)
-    plot.update(history)
+    plot.update(result)
+    plot.update(result)
     assert len(plot.axes) == 3 and plot.axes[2].get_title() == "NSP accuracy"
+    assert [line.get_label() for line in plot.axes[0].lines] == ["train", "held out", "unigram"]
+    assert [line.get_label() for line in plot.axes[2].lines] == ["held out", "chance"]
+    assert list(plot.axes[0].lines[1].get_ydata()) == [4.0], "held out: the val_ column"
     assert plot.handle is None and "Image" not in capsys.readouterr().out, "outside IPython nothing is displayed"
 
 
@@ -163,9 +229,9 @@ def test_live_plot_works_without_ipython_installed(monkeypatch):
     """A notebook converted to a script runs where IPython is not installed (the GPU run)."""
     for name in ("IPython", "IPython.display"):
         monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
-    history = pl.History(train=[{"step": 1, "mlm_loss": 5.0}], eval=[{"step": 1, "mlm_loss": 4.0, "mlm_acc": 0.1}])
+    result = train.TrainResult(history=[{"step": 1, "train_mlm_loss": 5.0, "val_mlm_loss": 4.0, "val_mlm_acc": 0.1}])
     plot = pl.LivePlot({"mlm_loss": 5.5}, nsp=False)
-    plot.update(history)
+    plot.update(result)
     assert plot.axes[0].lines, "the curves are still drawn on plot.fig"
 
 
@@ -208,12 +274,18 @@ def test_fill_mask_accuracy_on_a_model_that_knows_one_answer(tok):
 def test_train_mlm_head_trains_only_the_head(tok, texts):
     model = tiny_model(len(tok))
     encoder = {k: v.clone() for k, v in model.bert.state_dict().items()}
-    history = pl.train_mlm_head(model, tok, texts[:200], 30, eval_every=10, batch_positions=32, progress=False)
-    assert all(torch.equal(v, model.bert.state_dict()[k]) for k, v in encoder.items()), "the encoder changed"
-    assert history.positions > 100 and len(history.eval) == 3 and history.baseline["mlm_loss"] > 0
+    nsp_head = {k: v.clone() for k, v in model.cls.seq_relationship.state_dict().items()}
+    transform = model.cls.predictions.transform.dense.weight.detach().clone()
+    result, info = pl.train_mlm_head(model, tok, texts[:200], 30, eval_every=10, batch_positions=32, progress=False)
+    assert all(torch.equal(v.cpu(), model.bert.state_dict()[k].cpu()) for k, v in encoder.items()), "the encoder changed"
+    assert all(torch.equal(v.cpu(), model.cls.seq_relationship.state_dict()[k].cpu()) for k, v in nsp_head.items())
+    assert not torch.equal(transform.cpu(), model.cls.predictions.transform.dense.weight.detach().cpu()), "the head must train"
+    assert len(result.steps) == 30 and [r["step"] for r in result.history] == [10, 20, 30]
+    assert info["positions"] > 100 and info["baseline"]["mlm_loss"] > 0 and not model.training
     # A random encoder carries no information about the hidden token, so the best head is the unigram
     # model: the bias starts there and training must not drift away from it.
-    assert abs(history.eval[-1]["mlm_loss"] - history.baseline["mlm_loss"]) < 0.1, (history.baseline, history.eval)
+    held_out = pl.history_rows(result)
+    assert abs(held_out[-1]["mlm_loss"] - info["baseline"]["mlm_loss"]) < 0.1, (info["baseline"], held_out)
     assert set(pl.head_state(model)) == set(pl.HEAD_KEYS)
 
 

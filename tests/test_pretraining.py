@@ -255,7 +255,10 @@ def test_collator_pairs_batch(tokenizer):
     pairs = nsp_pairs(DOCS, n_pairs=8, seed=0)
     batch = PretrainingCollator(tokenizer, seed=0)(pairs)
     B, T = batch["input_ids"].shape
-    assert B == 8 and set(batch) == {"input_ids", "token_type_ids", "attention_mask", "mlm_labels", "nsp_labels"}
+    assert B == 8 and set(batch) == {"input_ids", "token_type_ids", "attention_mask", "mlm_labels", "nsp_labels",
+                                     "masked_positions"}
+    assert batch["masked_positions"].dtype == torch.bool
+    assert torch.equal(batch["masked_positions"], batch["mlm_labels"] != IGNORE_INDEX)
     assert batch["nsp_labels"].tolist() == [label for _, _, label in pairs]
     plain = tokenizer([a for a, _, _ in pairs], [b for _, b, _ in pairs], padding=True, return_tensors="pt")
     assert T == plain["input_ids"].size(1)  # padded to the longest pair of this batch only

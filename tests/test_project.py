@@ -1,8 +1,8 @@
 """The project's set-up files agree with each other."""
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name

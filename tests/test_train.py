@@ -3,9 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bertlab import cache, train
+from bertlab import artifacts, cache, train, vocab
 from bertlab.model import BertConfig, BertModel
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -78,7 +77,7 @@ def test_gradient_is_clipped_to_max_norm():
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     sched = train.linear_warmup_scheduler(opt, 0, 10)
     batch = toy_data(8).collate([toy_data(8)[i] for i in range(8)])
-    loss = train.train_step(model, batch, opt, sched, max_grad_norm=1e-3)
+    loss = train.train_step(model, batch, opt, sched, max_grad_norm=1e-3)["loss"]
     update = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
     assert update.item() == pytest.approx(1e-3, rel=1e-3), "SGD with lr 1 moves the weights by exactly the clipped norm"
     assert loss == pytest.approx(1.0986, abs=0.05), "loss of a fresh 3-class head is about ln 3"
@@ -128,7 +127,7 @@ def test_collect_logits_restores_the_dataset_order():
 
 def test_classification_metrics_hand_computed():
     logits = F.one_hot(torch.tensor([0, 1, 1, 1]), 3).float()
-    m = train.classification_metrics(logits, torch.tensor([0, 0, 1, 2]))
+    m = train.classification_metrics(logits, {"labels": torch.tensor([0, 0, 1, 2])})
     # F1 per class: 2/3 (tp 1, fn 1), 1/2 (tp 1, fp 2), 0 (fn 1)
     assert m["accuracy"] == pytest.approx(0.5)
     assert m["macro_f1"] == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
@@ -158,7 +157,7 @@ def test_early_stopping_on_a_scripted_validation_curve(monkeypatch, tmp_path):
     snapshots = []
 
     def scripted(model, data, **kw):  # the weights as fit saves them: the trained embedding rows folded back
-        snapshots.append({k: v.clone() for k, v in train._plain_state_dict(model).items()})
+        snapshots.append({k: v.clone() for k, v in vocab.plain_state_dict(model).items()})
         return {"loss": 1.0, "accuracy": 0.0, "macro_f1": curve[len(snapshots) - 1]}
 
     monkeypatch.setattr(train, "evaluate", scripted)
@@ -190,15 +189,15 @@ def test_bad_arguments_name_the_argument():
         train.TrainConfig(lr=-1e-5)
     with pytest.raises(ValueError, match="epochs must be a positive int"):
         train.TrainConfig(epochs=0)
-    with pytest.raises(ValueError, match="metric must be one of"):
-        train.TrainConfig(metric="f1")
+    with pytest.raises(ValueError, match="config.metric 'f1' is not among the validation scores"):
+        train.fit(model, toy_data(8), toy_data(8), train.TrainConfig(metric="f1"), progress=False)
     with pytest.raises(ValueError, match="train is empty"):
         train.fit(model, train.TextDataset([], []), progress=False)
     with pytest.raises(ValueError, match=r"train.labels\[1\] is 3, out of range"):
         train.fit(model, train.TextDataset([[5], [6]], [0, 3]), progress=False)
     with pytest.raises(ValueError, match=r"validation.labels\[0\] is -1"):
         train.fit(model, toy_data(8), train.TextDataset([[5]], [-1]), progress=False)
-    with pytest.raises(ValueError, match="warmup_steps must be an int in 0..total_steps"):
+    with pytest.raises(ValueError, match="warmup_steps must be an int in 0..10"):
         train.linear_warmup_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1), 11, 10)
 
 
@@ -208,8 +207,8 @@ def test_bad_arguments_name_the_argument():
 def test_finetuned_classifier_trains_once_then_loads(monkeypatch, tmp_path):
     monkeypatch.setenv(cache.ENV_VAR, str(tmp_path))
     small = dict(n_train=16, n_val=8, n_test=8, max_length=32, batch_size=8, epochs=1)
-    model, tok, info = train.finetuned_classifier(progress=False, **small)
-    again, _, info2 = train.finetuned_classifier(progress=False, **small)
+    model, tok, info = artifacts.finetuned_classifier(progress=False, **small)
+    again, _, info2 = artifacts.finetuned_classifier(progress=False, **small)
     assert (info["cached"], info2["cached"]) == (False, True)
     assert states_equal(model, again)
     assert info["label_names"][0] == "voltage_degradation" and len(info["label_names"]) == 8
@@ -217,9 +216,9 @@ def test_finetuned_classifier_trains_once_then_loads(monkeypatch, tmp_path):
     probs = train.predict_proba(again, tok, ["VDD_CORE sagged to 0.91V under load", "ok"], max_length=32)
     assert probs.shape == (2, 8) and torch.allclose(probs.sum(-1), torch.ones(2))
     with pytest.raises(TypeError, match="unknown settings"):
-        train.finetuned_classifier(n_epochs=3)
+        artifacts.finetuned_classifier(n_epochs=3)
     with pytest.raises(ValueError, match="task must be one of"):
-        train.finetuned_classifier(task="colour")
+        artifacts.finetuned_classifier(task="colour")
 
 
 def test_length_grouped_batches_cover_every_item_once_with_little_padding():
@@ -273,16 +272,16 @@ def test_only_used_rows_trainable_trains_the_same(weight_decay):
     cfg = train.TrainConfig(lr=1e-2, epochs=3, batch_size=8, patience=None, weight_decay=weight_decay)
     full, rows, inside = tiny_classifier(), tiny_classifier(), tiny_classifier()
     before = rows.encoder.embeddings.word_embeddings.weight.detach().clone()
-    train.fit(full, data, data, train.TrainConfig(**{**cfg.__dict__, "used_embedding_rows_only": False}), progress=False)
+    train.fit(full, data, data, cfg, progress=False)  # the default: the whole table
     embedding = rows.encoder.embeddings.word_embeddings
-    train.fit(rows, data, data, cfg, progress=False)  # the default: used rows only
+    train.fit(rows, data, data, train.TrainConfig(**{**cfg.__dict__, "used_embedding_rows_only": True}), progress=False)
     assert rows.encoder.embeddings.word_embeddings is embedding, "the model's own nn.Embedding is put back"
-    with train.only_used_rows_trainable(inside, data):  # the same, by hand
+    with vocab.only_used_rows_trainable(inside, data.input_ids):  # the same, by hand
         assert inside.encoder.embeddings.word_embeddings is not embedding
         assert train.count_parameters(inside) == train.count_parameters(full) - (40 - 26) * 16, \
             "26 used ids (4..29) of 40: 14 rows of 16 fewer trainable weights"
         train.fit(inside, data, data, cfg, progress=False)
-    assert states_equal(rows, inside)
+    assert states_equal(rows, inside), "the flag and the context manager by hand train the same"
     a, b = full.state_dict(), rows.state_dict()
     assert a.keys() == b.keys()
     for name in a:
@@ -306,7 +305,7 @@ def test_only_used_rows_trainable_puts_the_rows_back_after_an_error():
     embedding = model.encoder.embeddings.word_embeddings
     before = embedding.weight.detach().clone()
     with pytest.raises(RuntimeError, match="interrupted"):
-        with train.only_used_rows_trainable(model, data):
+        with vocab.only_used_rows_trainable(model, data.input_ids):
             with torch.no_grad():
                 model.encoder.embeddings.word_embeddings.rows.add_(1.0)
             raise RuntimeError("interrupted")
@@ -317,8 +316,151 @@ def test_only_used_rows_trainable_puts_the_rows_back_after_an_error():
     out = model(torch.tensor([[5, 6, 35]]), torch.ones(1, 3, dtype=torch.long))
     assert out.shape == (1, 3)
     with pytest.raises(TypeError, match="word_embeddings"):
-        with train.only_used_rows_trainable(torch.nn.Linear(2, 2), data):
+        with vocab.only_used_rows_trainable(torch.nn.Linear(2, 2), data.input_ids):
             pass
     with pytest.raises(ValueError, match="token ids in 0..39"):
-        with train.only_used_rows_trainable(model, train.TextDataset([[3, 41]], [0])):
+        with vocab.only_used_rows_trainable(model, [[3, 41]]):
             pass
+
+
+# ---------------------------------------------------------------- models with other outputs, no wrappers
+
+
+class TokenTagger(torch.nn.Module):
+    """A tiny BERT and a linear layer per token: logits (B, T, C)."""
+
+    def __init__(self, num_labels=3, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.encoder = BertModel(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                            intermediate_size=32, max_position_embeddings=32))
+        self.classifier = torch.nn.Linear(16, num_labels)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.classifier(self.encoder(input_ids, attention_mask=attention_mask)[0])  # (B, T, C)
+
+
+def test_fit_trains_a_token_tagger_with_the_default_loss():
+    """Per-token labels (the token's id mod 3), IGNORE_INDEX on the first token of each text."""
+    g = torch.Generator().manual_seed(0)
+    ids = [torch.randint(4, 40, (int(torch.randint(3, 12, (1,), generator=g)),), generator=g).tolist() for _ in range(64)]
+    tags = [[train.IGNORE_INDEX] + [i % 3 for i in x[1:]] for x in ids]
+    data, val = train.TextDataset(ids[:48], tags[:48]), train.TextDataset(ids[48:], tags[48:])
+    batch = data.collate([data[0], data[1]])
+    assert batch["labels"].shape == batch["input_ids"].shape and (batch["labels"][:, 0] == train.IGNORE_INDEX).all()
+    model = TokenTagger()
+    before = train.evaluate(model, val)
+    result = train.fit(model, data, val, train.TrainConfig(lr=1e-2, epochs=3, batch_size=8, patience=None), progress=False)
+    after = train.evaluate(model, val)
+    assert result.history[-1]["train_loss"] < 0.5 * result.history[0]["train_loss"], result.history
+    assert before["accuracy"] < 0.6 < 0.9 < after["accuracy"], (before, after)
+    # The accuracy counts the labelled tokens only: what the argmax of the outputs gives on them.
+    outputs, full = train.collect_outputs(model, val)
+    keep = full["labels"] != train.IGNORE_INDEX
+    assert keep.sum() == sum(len(x) - 1 for x in ids[48:])
+    assert after["accuracy"] == pytest.approx((outputs.argmax(-1)[keep] == full["labels"][keep]).float().mean().item())
+
+
+class SpanFinder(torch.nn.Module):
+    """Extractive QA: a start and an end score per token, as a dict (no wrapper packing them into one tensor)."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.encoder = BertModel(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                            intermediate_size=32, max_position_embeddings=32))
+        self.qa = torch.nn.Linear(16, 2)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        h = self.encoder(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]  # (B, T, H)
+        start, end = self.qa(h).unbind(-1)  # (B, T) each
+        return {"start_logits": start, "end_logits": end}
+
+
+def span_loss(outputs, batch):
+    """The mean of the start and end cross-entropies (as transformers' BertForQuestionAnswering)."""
+    pad = batch["attention_mask"] == 0
+    start, end = (outputs[k].masked_fill(pad, -1e4) for k in ("start_logits", "end_logits"))
+    return {"loss": (F.cross_entropy(start, batch["start_positions"]) + F.cross_entropy(end, batch["end_positions"])) / 2,
+            "start": F.cross_entropy(start, batch["start_positions"]), "end": F.cross_entropy(end, batch["end_positions"])}
+
+
+def span_match(outputs, batch):
+    pad = batch["attention_mask"] == 0  # validation outputs are padded to the longest text of the whole set
+    start = outputs["start_logits"].masked_fill(pad, -1e4).argmax(-1)
+    end = outputs["end_logits"].masked_fill(pad, -1e4).argmax(-1)
+    return {"exact": ((start == batch["start_positions"]) & (end == batch["end_positions"])).float().mean().item()}
+
+
+def qa_data(n, seed):
+    """[CLS] q q [SEP] context [SEP]: the answer starts at token 4 and ends at token 5, placed in the context."""
+    g = torch.Generator().manual_seed(seed)
+    ids, types, starts, ends = [], [], [], []
+    for _ in range(n):
+        context = torch.randint(6, 40, (int(torch.randint(5, 14, (1,), generator=g)),), generator=g).tolist()
+        s = int(torch.randint(0, len(context) - 1, (1,), generator=g))
+        e = int(torch.randint(s + 1, len(context), (1,), generator=g))
+        context[s], context[e] = 4, 5
+        question = torch.randint(6, 40, (2,), generator=g).tolist()
+        ids.append([1, *question, 2, *context, 2])
+        types.append([0] * 4 + [1] * (len(context) + 1))
+        starts.append(4 + s)
+        ends.append(4 + e)
+    return train.TextDataset(ids, token_type_ids=types).with_fields(start_positions=starts, end_positions=ends)
+
+
+def test_fit_trains_extractive_qa_with_a_loss_of_outputs_and_batch():
+    data, val = qa_data(64, seed=0), qa_data(32, seed=1)
+    batch = data.collate([data[0], data[1]])
+    assert batch["token_type_ids"].shape == batch["input_ids"].shape and batch["start_positions"].shape == (2,)
+    model = SpanFinder()
+    before = train.evaluate(model, val, loss_fn=span_loss, metrics_fn=span_match)
+    result = train.fit(model, data, val, train.TrainConfig(lr=1e-2, epochs=3, batch_size=8, patience=None, metric="exact"),
+                       loss_fn=span_loss, metrics_fn=span_match, progress=False)
+    assert before["exact"] < 0.2 and result.history[-1]["val_exact"] > 0.9, result.history
+    assert {"train_loss", "train_start", "train_end", "val_loss", "val_exact"} <= set(result.history[-1])
+    assert {"loss", "start", "end"} <= set(result.steps[0]), "the loss's parts are logged per step"
+    assert result.history[-1]["train_loss"] == pytest.approx(
+        (result.history[-1]["train_start"] + result.history[-1]["train_end"]) / 2, rel=1e-5)
+
+
+def test_the_default_loss_and_metrics_take_a_model_output():
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    z, y = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3]]), torch.tensor([0, 1])
+    out = SequenceClassifierOutput(logits=z)
+    assert train.cross_entropy(out, {"labels": y}).item() == pytest.approx(F.cross_entropy(z, y).item())
+    assert train.classification_metrics(out, {"labels": y})["accuracy"] == 0.5
+
+    class Typed(torch.nn.Module):  # returns what transformers' heads return
+        def __init__(self):
+            super().__init__()
+            self.inner = tiny_classifier()
+
+        def forward(self, input_ids, attention_mask=None):
+            return SequenceClassifierOutput(logits=self.inner(input_ids, attention_mask))
+
+    typed, plain, data = Typed(), tiny_classifier(), toy_data()
+    cfg = train.TrainConfig(lr=1e-2, epochs=2, batch_size=8, patience=None)
+    ra, rb = train.fit(typed, data, data, cfg, progress=False), train.fit(plain, data, data, cfg, progress=False)
+    assert states_equal(typed.inner, plain), "a ModelOutput of the same logits trains the same weights"
+    assert ra.history[-1]["val_accuracy"] == rb.history[-1]["val_accuracy"]
+
+
+def test_max_steps_and_eval_every_with_a_dataloader_and_a_validation_function():
+    data = toy_data()  # 48 items: 6 batches of 8 per pass
+    loader = torch.utils.data.DataLoader(data, batch_size=8, shuffle=True, collate_fn=data.collate,
+                                         generator=torch.Generator().manual_seed(0))
+    calls = []
+
+    def validation(model):
+        calls.append(model.training)
+        return {"score": float(len(calls))}  # improves every time
+
+    result = train.fit(tiny_classifier(), loader, validation, train.TrainConfig(max_steps=14, eval_every=4, metric="score"),
+                       progress=False)
+    assert [s["step"] for s in result.steps] == list(range(1, 15)), "exactly max_steps steps, cycling through the data"
+    assert [s["epoch"] for s in result.steps] == [1] * 6 + [2] * 6 + [3] * 2
+    assert [r["step"] for r in result.history] == [4, 8, 12, 14], "every eval_every steps, and after the last"
+    assert len(calls) == 4 and result.best_score == 4.0 and not result.stopped_early
+    assert all(r["val_score"] == i + 1 for i, r in enumerate(result.history))

@@ -64,13 +64,41 @@ across splits. ``domain_corpus`` uses its own sentence frames and never
 contains a report.
 """
 from .corpus import domain_corpus
-from .reports import (
-    ACTIONS, AFFINITY, AGING, CAUSE_DISTRACTOR_RATE, CAUSE_GIVEN_TYPE, CAUSE_SEVERITY, DAMAGE, ENTITY_LABELS,
-    FABS, FAILURE_TYPES, HELDOUT_RATE, IMPACT_SEVERITY, LABEL_NOISE_RATE, LABELS, MEASURE_RATE, ROOT_CAUSES,
-    SEVERITIES, SEVERITY_CUTS, SPLITS, STAGE_SEVERITY, STAGES, TUNABLE, TYPE_SEVERITY, Entity, FailureReport,
-    Splits, action_of, generate_reports, make_splits, near_duplicate_key, severity_of, to_records,
-)
 from .fabs import FAB_STYLES
+from .reports import (
+    ACTIONS,
+    AFFINITY,
+    AGING,
+    CAUSE_DISTRACTOR_RATE,
+    CAUSE_GIVEN_TYPE,
+    CAUSE_SEVERITY,
+    DAMAGE,
+    ENTITY_LABELS,
+    FABS,
+    FAILURE_TYPES,
+    HELDOUT_RATE,
+    IMPACT_SEVERITY,
+    LABEL_NOISE_RATE,
+    LABELS,
+    MEASURE_RATE,
+    ROOT_CAUSES,
+    SEVERITIES,
+    SEVERITY_CUTS,
+    SPLITS,
+    STAGE_SEVERITY,
+    STAGES,
+    TUNABLE,
+    TYPE_SEVERITY,
+    Entity,
+    FailureReport,
+    Splits,
+    action_of,
+    generate_reports,
+    make_splits,
+    near_duplicate_key,
+    severity_of,
+    to_records,
+)
 
 __all__ = [
     "FABS", "FAILURE_TYPES", "SEVERITIES", "ROOT_CAUSES", "ACTIONS", "ENTITY_LABELS", "LABELS", "STAGES",

@@ -148,7 +148,7 @@ class _Corpus:
         return [f"Glossary: {name}.",
                 f"Engineers also write {syn[0]}, {syn[1]} or {syn[2]} for it.",
                 f"Some notes call it {head}, and some {syn[3]}.",
-                f"It is one of the eight failure types used to classify reports."]
+                "It is one of the eight failure types used to classify reports."]
 
     def document(self) -> list[str]:
         kind = self.choice((self.datasheet, self.procedure, self.notebook, self.notebook,

@@ -1,0 +1,148 @@
+"""A subset of the vocabulary: the WordPieces a fab's reports actually use (notebooks 08 and 09).
+
+A fab's reports use a small part of BERT's 30,522 WordPieces, yet the table of all of them
+is most of a small model's weights, and back-propagating into an ``nn.Embedding`` builds a
+dense gradient of the whole table. Two uses of one idea, a map from token ids to the rows
+of a smaller table:
+
+- :func:`only_used_rows_trainable` (training, opt-in through
+  ``bertlab.train.TrainConfig.used_embedding_rows_only``): only the rows the training
+  reports use are parameters; the updates are the same.
+- :class:`TrimmedVocabulary` (serving): the model keeps only those rows, and every other
+  id reads as [UNK].
+"""
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def used_token_ids(input_ids: Iterable[Sequence[int]], vocab_size: int, always: Iterable[int] = ()) -> torch.Tensor:
+    """The sorted ids (LongTensor) that occur in ``input_ids`` (lists of token ids), plus ``always``.
+
+    Raises ValueError when an id is outside ``0..vocab_size-1``.
+    """
+    used = {int(i) for ids in input_ids for i in ids} | {int(i) for i in always}
+    if used and (min(used) < 0 or max(used) >= vocab_size):
+        raise ValueError(f"input_ids must hold token ids in 0..{vocab_size - 1}, got ids in {min(used)}..{max(used)}")
+    return torch.tensor(sorted(used), dtype=torch.long)
+
+
+def id_map(keep: torch.Tensor, vocab_size: int, fill: int) -> torch.Tensor:
+    """(V,) LongTensor: token id ``keep[r]`` -> row ``r`` of the smaller table, every other id -> ``fill``."""
+    out = torch.full((vocab_size,), fill, dtype=torch.long, device=keep.device)
+    out[keep] = torch.arange(len(keep), device=keep.device)
+    return out
+
+
+# ---------------------------------------------------------------- training only the used rows
+
+
+class UsedRows(nn.Module):
+    """A word-embedding table read as usual, with only the rows ``rows`` trainable (a copy of them)."""
+
+    def __init__(self, embedding: nn.Embedding, rows: torch.Tensor):
+        super().__init__()
+        weight = embedding.weight.detach()
+        rows = rows.to(weight.device)
+        self.register_buffer("frozen", weight, persistent=False)  # the table itself, not copied
+        self.register_buffer("local", id_map(rows, weight.shape[0], fill=-1), persistent=False)  # id -> row or -1
+        self.register_buffer("row_ids", rows, persistent=False)
+        self.rows = nn.Parameter(weight[rows].clone())
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        local = self.local[input_ids]  # (B, T): row of self.rows, or -1
+        used = F.embedding(local.clamp(min=0), self.rows)  # (B, T, H)
+        return torch.where((local >= 0).unsqueeze(-1), used, F.embedding(input_ids, self.frozen))
+
+    def folded(self) -> torch.Tensor:
+        """The whole table with the trained rows written back."""
+        return self.frozen.clone().index_copy_(0, self.row_ids, self.rows.detach().to(self.frozen.dtype))
+
+
+def plain_state_dict(model: nn.Module) -> dict:
+    """``model.state_dict()`` with every :class:`UsedRows` folded back into a plain table's ``weight``."""
+    state = model.state_dict()
+    for name, module in model.named_modules():
+        if isinstance(module, UsedRows):
+            state.pop(f"{name}.rows")
+            state[f"{name}.weight"] = module.folded()
+    return state
+
+
+def word_embeddings_of(model: nn.Module):
+    """``(holder, embedding)``: the module holding ``word_embeddings`` and the table, or ``(None, None)``."""
+    for root in (getattr(model, "encoder", None), model):
+        holder = getattr(root, "embeddings", None)
+        if isinstance(getattr(holder, "word_embeddings", None), nn.Embedding):
+            return holder, holder.word_embeddings
+    return None, None
+
+
+@contextmanager
+def only_used_rows_trainable(model: nn.Module, input_ids: Iterable[Sequence[int]]):
+    """Inside the block, only the rows of the word embeddings for ids in ``input_ids`` are parameters.
+
+    Rows no training report uses get a zero gradient and so no Adam update: training only
+    the used rows gives the same updates, except that the unused rows are not weight-decayed
+    (a relative shrink of ``lr * weight_decay * steps``), without a dense gradient, Adam
+    state and clipping over the whole table at every step. On leaving the block (also after
+    an error) the trained rows are written back into the model's own ``nn.Embedding``. A
+    table that is frozen or tied to another module (an MLM decoder) is left as it is.
+    Raises TypeError for a model without ``embeddings.word_embeddings`` (directly or under
+    ``.encoder``) and ValueError for ids outside the table.
+    """
+    holder, embedding = word_embeddings_of(model)
+    if embedding is None:
+        raise TypeError(f"model must have .encoder.embeddings.word_embeddings (an nn.Embedding), got {type(model).__name__}")
+    tied = any(m is not embedding and getattr(m, "weight", None) is embedding.weight for m in model.modules())
+    if tied or not embedding.weight.requires_grad:
+        yield model
+        return
+    rows = used_token_ids(input_ids, embedding.num_embeddings)
+    rows = rows[rows != (embedding.padding_idx if embedding.padding_idx is not None else -1)]  # never has a gradient
+    if len(rows) == 0:
+        raise ValueError("input_ids hold no token id to train")
+    trained = UsedRows(embedding, rows)
+    holder.word_embeddings = trained
+    try:
+        yield model
+    finally:
+        embedding.weight.data = trained.folded()
+        holder.word_embeddings = embedding
+
+
+# ---------------------------------------------------------------- serving a trimmed table
+
+
+class TrimmedVocabulary(nn.Module):
+    """``model`` with only the rows of the word-embedding table for ``keep_ids``; other ids read as [UNK].
+
+    ``forward(input_ids, attention_mask)`` takes the *original* token ids and maps them
+    through ``id_map`` (a lookup that is part of an exported graph), so the tokenizer and
+    the callers do not change. The special tokens (``special_ids``) are always kept. The
+    cost: a WordPiece outside ``keep_ids`` loses its meaning (it becomes [UNK]); measure the
+    accuracy.
+    """
+
+    def __init__(self, model: nn.Module, keep_ids, unk_id: int, special_ids=()):
+        super().__init__()
+        model = copy.deepcopy(model).cpu().eval()
+        embeddings = model.encoder.embeddings.word_embeddings
+        keep = used_token_ids([keep_ids], embeddings.num_embeddings, always=[unk_id, *special_ids])
+        self.register_buffer("id_map", id_map(keep, embeddings.num_embeddings,
+                                              fill=int((keep == int(unk_id)).nonzero()[0, 0])))  # (V,)
+        small = nn.Embedding(len(keep), embeddings.embedding_dim, padding_idx=None)
+        small.weight.data.copy_(embeddings.weight.data[keep])
+        model.encoder.embeddings.word_embeddings = small
+        model.encoder.config.vocab_size = len(keep)
+        self.model = model
+        self.num_labels = getattr(model, "num_labels", None)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.model(self.id_map[input_ids], attention_mask)
