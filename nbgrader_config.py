@@ -40,10 +40,10 @@ c.OverwriteCells.add_missing_cells = True
 
 # Feedback is rendered from the autograded notebook, in which the hidden tests were put back:
 # by default the feedback shows their source, and the traceback of a failing hidden test
-# quotes it. bertlab.instructor.grading.HideHiddenTests removes both (tests/test_grading.py checks it).
+# quotes it. bertlab.instructor.feedback.HideHiddenTests removes both (tests/test_grading.py checks it).
 c.GenerateFeedback.preprocessors = [
     "nbgrader.preprocessors.GetGrades",
-    "bertlab.instructor.grading.HideHiddenTests",
+    "bertlab.instructor.feedback.HideHiddenTests",
     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
 ]
 

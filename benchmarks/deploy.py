@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/deploy.py [--threads 2] [--latency-reports 200] [--student transfer] [--quick]
 
-Variants (bertlab.deploy.course_variants): the fine-tuned teacher in fp32 and with PyTorch
+Variants (bertlab.benchmark.course_variants): the fine-tuned teacher in fp32 and with PyTorch
 dynamic INT8; a distilled student (bertlab.artifacts.distilled_student) in fp32, PyTorch INT8,
 ONNX Runtime fp32 and ONNX Runtime INT8, and ORT INT8 with its vocabulary trimmed to the
 WordPieces of the training reports and the domain corpus.
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
 
     import pandas as pd
 
-    from bertlab import artifacts, deploy, env
+    from bertlab import artifacts, benchmark, deploy, env, vocab
     from bertlab.data import domain_corpus, make_splits
 
     env.setup(seed=0, device="cpu")  # deployment is on a CPU
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     test_ids = tokenizer([r.text for r in splits.test], truncation=True, max_length=max_length)["input_ids"]
     test_y = [label_id[r.failure_type] for r in splits.test]
     corpus = [" ".join(doc) for doc in domain_corpus(2000, seed=0)]
-    keep = deploy.domain_vocabulary(tokenizer, [r.text for r in splits.train] + corpus)
+    keep = vocab.domain_vocabulary(tokenizer, [r.text for r in splits.train] + corpus)
     trained = "from the cache" if info["cached"] else "trained now"
     student_settings = info["settings"]
     print(f"teacher and student ready in {time.perf_counter() - start:.0f} s; student: layers {student_settings['layers']}, "
@@ -86,15 +86,15 @@ def main(argv=None) -> int:
           f"teacher logits and training ({trained}); "
           f"{len(keep)} WordPieces kept for the trimmed vocabulary", flush=True)
     with tempfile.TemporaryDirectory() as folder:
-        variants = deploy.course_variants(teacher, student, folder, keep_ids=keep, tokenizer=tokenizer,
+        variants = benchmark.course_variants(teacher, student, folder, keep_ids=keep, tokenizer=tokenizer,
                                           label_names=tinfo["label_names"], max_length=max_length)
-        bench = deploy.Benchmark(test_ids, test_y, threads=args.threads, n_latency=args.latency_reports)
+        bench = benchmark.Benchmark(test_ids, test_y, threads=args.threads, n_latency=args.latency_reports)
         table = bench.run(variants)
     pd.set_option("display.width", 200)
     print(f"\n{len(test_y)} test reports of fab {tinfo['splits']['fab']}; {args.threads} threads; "
           f"{platform.processor() or platform.machine()}")
     print(table.round(3).to_string())
-    best = deploy.best_variant(table, max_accuracy_drop=TARGET["max_accuracy_drop_points"])
+    best = benchmark.best_variant(table, max_accuracy_drop=TARGET["max_accuracy_drop_points"])
     best["target_met"] = None if args.quick else bool(best["within_accuracy"] and best["p50_ratio"] >= TARGET["p50_ratio"]
                               and best["size_ratio"] >= TARGET["size_ratio"])
     best["threads"] = args.threads

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bertlab.instructor import course, grading  # noqa: E402
+from bertlab.instructor import course, grading, submissions  # noqa: E402
 
 TARGET_S = 20.0
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
         if tmp is not None:
             tmp.cleanup()
     total = time.time() - start
-    n = len(grading.SCENARIOS)
+    n = len(submissions.SCENARIOS)
     per_nb = {a: round(run.autograde_seconds[a] / n, 1) for a in sorted(run.autograde_seconds)}  # workers end in any order
     cpu_nb = {a: round(run.autograde_cpu[a] / n, 1) for a in per_nb}
     print()

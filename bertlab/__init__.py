@@ -2,34 +2,36 @@
 
 Each module holds one idea a notebook taught, so later notebooks import it instead of
 copying it (as d2l's package does). Imports run one way: data and checkpoint, then the
-model, then the training loop, then the task modules; ``artifacts`` joins them to the
-course's data, and the ``cli`` serves the result.
+model, then the training loop, then the task modules; ``artifacts`` and
+``artifacts_pretraining`` join them to the course's data, and the ``cli`` serves the result.
 
 ==========================  ====  ==========================================================
 module                      nb    what it holds
 ==========================  ====  ==========================================================
 ``args``                    all   argument checks with clear messages, shared by every module
-``pretrained``              00    where the shipped checkpoint lives; loading it offline
+``pretrained``              00    where the shipped checkpoint lives; loading it offline (tokenizer, config, tensors)
 ``data``                    00    the synthetic fab: failure reports, labels, the domain corpus
 ``env``                     00    environment check, seeding, the device (GPU when present)
 ``check``                   01    ``assert_close`` / ``assert_shape`` used by the graded tests
 ``model``                   01-02 BERT from scratch, with parameter names that load real checkpoints
 ``pretraining``             03    MLM masking (80/10/10), NSP pairs, the MLM loss, the collator
-``pretrain_loop``           03    pre-training a tiny BERT and an MLM head through ``train.fit``
+``pretrain_loop``           03    pre-training a tiny BERT and an MLM head through ``train.fit``; fill-mask
 ``batches``                 04    reports as token ids; dynamically padded, length-grouped batches
 ``outputs``                 04    what models return and the default loss of ``(outputs, batch)``
 ``evaluation``              04    a model's outputs over a dataset, its loss and metrics
 ``train``                   04    the one training loop: AdamW, warm-up, clipping, early stopping
-``vocab``                   04,09 the WordPieces a fab uses: training only their rows, trimming the rest
+``vocab``                   03-09 a domain WordPiece vocabulary; training only the rows a fab uses, trimming the rest
 ``cache``                   04    the model cache: keyed by configuration, written atomically
-``plots``                   04-05 training curves, confusion matrices, learning curves
+``plots``                   03-05 training curves (live while pre-training), confusion matrices, learning curves
 ``baselines``               05    TF-IDF + logistic regression, a BiLSTM, the label-budget harness
 ``frozen``                  05-07 frozen lower layers run once, a trainable top (with the [CLS] shortcut)
 ``multitask``               06    one encoder, one head per task, the masked weighted loss
-``domain``                  07    continued MLM pre-training, perplexity, layer freezing
+``domain``                  07    MLM perplexity, layer freezing, WordPiece fragmentation of domain words
 ``distill``                 08    the distillation loss, a student built from the teacher's layers
-``deploy``                  09    INT8 quantization, ONNX export and Runtime, latency benchmarks
+``deploy``                  09    INT8 quantization, ONNX export and Runtime, serving (``Predictor``)
+``benchmark``               08-09 size on disk, latency percentiles, the benchmark table of every deployed variant
 ``artifacts``               04-09 the course's shared, cached models (which notebook builds each)
+``artifacts_pretraining``   03,07 the cached pre-trained ones: the checkpoint's MLM head, continued pre-training
 ``cli``                     09    ``bertlab predict`` / ``bertlab export``
 ``instructor``              --    nbgrader tooling for instructors (release, run, grade); not course content
 ==========================  ====  ==========================================================

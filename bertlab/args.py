@@ -64,6 +64,18 @@ def probability(name: str, value) -> float:
     return number(name, value, 0.0, 1.0)
 
 
+def indices(name: str, values, upper: int, upper_name: str) -> None:
+    """Raise unless every entry of the integer tensor ``values`` is in ``0..upper-1`` (e.g. token ids).
+
+    Reads the minimum and maximum back to the host: on an accelerator that waits for it, so
+    call it once per public call, not per forward pass or training step.
+    """
+    if values.numel():
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi >= upper:
+            raise ValueError(f"{name} must be in [0, {upper_name}={upper}), got values in [{lo}, {hi}]")
+
+
 def one_of(name: str, value, choices):
     """``value`` if it is one of ``choices``."""
     if value not in choices:

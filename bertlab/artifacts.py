@@ -4,20 +4,21 @@ Every builder here is keyed by its whole configuration (and a fingerprint of the
 ``bertlab.cache``: the first notebook that needs a model trains it, later ones load it,
 and changing a setting trains a new one. Grading mode passes the ``QUICK`` (and
 ``DISTILL_QUICK``) overrides.
-This module joins the course's data (``bertlab.data``) to the library; the library
-modules themselves read no reports. Still to move here (built in ``bertlab.pretrain_loop``
-and ``bertlab.domain``): the checkpoint's MLM head (03, reused in 07) and the encoder after
-continued pre-training on the domain corpus (07).
+This module and :mod:`bertlab.artifacts_pretraining` (the models that pre-train the shipped
+checkpoint further) join the course's data (``bertlab.data``) to the library; the library
+modules themselves read no reports.
 
-=============================  =====================  ===========================================
-artifact                       built in notebook      reused in
-=============================  =====================  ===========================================
-:func:`finetuned_classifier`   04 fine-tuning         05, 07, 08, 09
-:func:`cached_teacher_logits`  08 distillation        08 (the alpha/T sweep), every later student
-:func:`distilled_student`      08 distillation        09, ``bertlab export``
-:func:`multitask_classifier`   06 (one small run)     tests; the encoder fine-tuned on all four tasks
-:func:`exported_model`         ``bertlab export``     ``bertlab predict`` (its default model)
-=============================  =====================  ===========================================
+==================================================  ====================  ===============================================
+artifact                                            built in notebook     reused in
+==================================================  ====================  ===============================================
+``artifacts_pretraining.checkpoint_with_mlm_head``  03 pre-training       07 (where continued pre-training starts)
+``artifacts_pretraining.continue_pretraining``      07 domain adaptation  07 (the domain-adapted encoder)
+:func:`finetuned_classifier`                        04 fine-tuning        05, 07, 08, 09
+:func:`cached_teacher_logits`                       08 distillation       08 (the alpha/T sweep), every later student
+:func:`distilled_student`                           08 distillation       09, ``bertlab export``
+:func:`multitask_classifier`                        06 (one small run)    tests; the encoder fine-tuned on all four tasks
+:func:`exported_model`                              ``bertlab export``    ``bertlab predict`` (its default model)
+==================================================  ====================  ===============================================
 
 A student may also learn from reports nobody labelled (:func:`transfer_reports`, the
 "transfer set" of Hinton et al. 2015): ``benchmarks/deploy.py`` distils its student so.
@@ -126,7 +127,7 @@ def finetuned_classifier(fab: str = "A", task: str = "failure_type", *, model_na
 #: Three of the six layers, and a larger learning rate than fine-tuning a whole encoder needs:
 #: in trials, students with one or two layers lost several points of accuracy, and a student
 #: at the teacher's learning rate learnt too slowly for two epochs. Two epochs keep notebook 08,
-#: which trains two students, within its few minutes on 2 CPU cores.
+#: which trains two students, within a notebook's time budget (docs/authoring.md).
 #: ``transfer``: extra reports of the teacher's fab, without labels, that the student also
 #: learns from (the teacher's logits as soft targets, its answer as the hard label): Hinton
 #: et al. (2015) distil on a "transfer set" that need not be labelled, and TinyBERT (Jiao et

@@ -34,7 +34,7 @@ def tfidf_logreg(C: float = 10.0, seed: int = 0):
 
     ``C`` is the inverse L2 strength. Fit it on raw texts: ``tfidf_logreg().fit(texts, labels)``.
     The SAGA solver: on these sparse features it reached the same validation scores as
-    L-BFGS about 20x faster.
+    L-BFGS, in less time.
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -102,7 +102,7 @@ class BiLSTMClassifier(nn.Module):
     parameters as ``nn.LSTM(..., num_layers=2, bidirectional=True)``); the backward one reads
     each report's tokens reversed *within its length*, so padding is always read after
     the real tokens and a report's logits do not depend on its batch. (Packed sequences
-    do the same but ran about 2x slower on a CPU.)
+    do the same but ran slower on a CPU.)
     """
 
     def __init__(self, vocab_size: int, num_labels: int, embed_dim: int = 300, hidden_size: int = 256,

@@ -1,4 +1,4 @@
-"""Domain adaptation and transfer (notebook 07): layer freezing, MLM perplexity, continued pre-training.
+"""Domain adaptation and transfer (notebook 07): layer freezing, MLM perplexity, WordPiece fragmentation.
 
 - :func:`freeze_layers`, :func:`trainable_parameter_names`: freeze the embeddings and the
   lower k encoder layers by index, so that only the upper layers and the head train (the
@@ -6,20 +6,18 @@
 - :func:`mlm_nll`, :func:`mlm_perplexity`: ``exp`` of the masked-LM cross-entropy per
   masked token over a whole held-out set (token-weighted, not a mean of batch means),
   with the masks of :func:`bertlab.pretraining.mask_tokens` fixed by :func:`mlm_batches`.
-- :func:`continue_pretraining`: domain-adaptive pre-training (Gururangan et al. 2020,
-  "Don't Stop Pretraining"): more MLM on ``bertlab.data.domain_corpus`` for the shipped
-  checkpoint with its trained MLM head (:func:`bertlab.pretrain_loop.checkpoint_with_mlm_head`),
-  cached in ``bertlab.cache`` by its configuration; :func:`heldout_batches` are the masked
-  held-out sentences its perplexity is measured on.
 - :func:`wordpiece_pieces`, :func:`fragmentation`: how many WordPiece tokens a domain word
   costs (a general vocabulary splits "electromigration" into several pieces).
 - :func:`transformers_encoder`: a ``bertlab.model.BertModel`` as a ``transformers.BertModel``
   with the same weights, to fine-tune the adapted and the original encoder the same way.
+
+The course's domain-adapted checkpoint (continued pre-training on the domain corpus) is
+``bertlab.artifacts_pretraining.continue_pretraining``.
 """
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -185,15 +183,6 @@ def fragmentation(tokenizer, terms: Sequence[str]) -> float:
     return sum(len(tokenizer.tokenize(w)) for w in words) / len(words)
 
 
-def domain_terms() -> list[str]:
-    """Words of the fab's domain: root causes, failure types and power domains of ``bertlab.data``."""
-    from bertlab.data import FAILURE_TYPES, ROOT_CAUSES
-    from bertlab.data.lexicon import POWER_DOMAINS
-
-    words = {w for name in (*ROOT_CAUSES, *FAILURE_TYPES) for w in name.split("_") if len(w) > 2}
-    return sorted(words) + list(POWER_DOMAINS)
-
-
 def _check_terms(terms) -> list[str]:
     if isinstance(terms, str):
         raise TypeError("terms must be a list of strings, got a single str; wrap it in a list")
@@ -206,150 +195,12 @@ def _check_terms(terms) -> list[str]:
     return terms
 
 
-# ---------------------------------------------------------------- continued pre-training
-
-#: How the course adapts the shipped checkpoint to the domain corpus; the cache key is this dict
-#: (plus the checkpoint and the MLM head's config), so changing a value trains a new model.
-DAPT_CONFIG = {
-    "corpus_docs": 400,      # training documents: the first corpus_docs of domain_corpus(..., corpus_seed)
-    "corpus_seed": 0,
-    "eval_docs": 60,         # held-out documents after every document the head or this run trained on
-    "steps": 150,            # training steps of MLM on the whole model (encoder and MLM head)
-    "lr": 1e-4,
-    "batch_size": 32,        # sentences per step
-    "max_length": 64,
-    "mlm_probability": 0.15,
-    "warmup": 0.1,
-    "weight_decay": 0.01,
-    "eval_every": 50,
-    "seed": 0,
-    "version": 2,            # bump when the training code changes (2: trained by bertlab.train.fit)
-}
-#: Overrides that train in seconds (grading mode, smoke tests).
-QUICK = {"corpus_docs": 16, "eval_docs": 8, "steps": 4, "batch_size": 8, "eval_every": 4}
-# BertForPreTraining ties these to the word embeddings and the MLM bias: saved once, under those names.
-_TIED = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
-
-
-def dapt_config(name: str | None = None, head: Mapping | None = None, **overrides) -> dict:
-    """:data:`DAPT_CONFIG` with ``overrides``, the checkpoint and the MLM head's config (the cache key).
-
-    ``head`` overrides :data:`bertlab.pretrain_loop.HEAD_CONFIG` (e.g. ``{"steps": 4}``).
-    Raises ValueError naming unknown settings.
-    """
-    from bertlab.pretrain_loop import head_config
-
-    unknown = sorted(set(overrides) - set(DAPT_CONFIG))
-    if unknown:
-        raise ValueError(f"unknown continued pre-training settings {unknown}; known: {sorted(DAPT_CONFIG)}")
-    head_cfg = head_config(name, **dict(head or {}))
-    return {"checkpoint": head_cfg["checkpoint"], "head": head_cfg, **DAPT_CONFIG, **overrides}
-
-
-def domain_texts(config: Mapping) -> tuple[list[str], list[str]]:
-    """``(training sentences, held-out sentences)`` of ``bertlab.data.domain_corpus`` for ``config``.
-
-    The held-out documents come after every document the MLM head (``config["head"]``) and
-    continued pre-training train on, and a held-out sentence that also occurs verbatim in the
-    training text is dropped (the corpus repeats some stock sentences), so the perplexity
-    is measured on text neither model saw.
-    """
-    from bertlab.data import domain_corpus
-
-    head = config["head"]
-    seed, n_train = config["corpus_seed"], config["corpus_docs"]
-    start = max(n_train, head["corpus_docs"] if head["corpus_seed"] == seed else 0)
-    docs = domain_corpus(start + config["eval_docs"], seed)
-    train_texts = [s for d in docs[:n_train] for s in d]
-    seen = set(train_texts)
-    seen |= {s for d in domain_corpus(head["corpus_docs"], head["corpus_seed"]) for s in d}
-    held = [s for d in docs[start:] for s in d if s not in seen]
-    return train_texts, held
-
-
-def heldout_batches(tokenizer, config: Mapping | None = None, *, batch_size: int = 64) -> list[dict]:
-    """The held-out masked batches of ``config`` (default :func:`dapt_config`): the text of
-    :func:`domain_texts`, masked once with seed ``config["seed"] + 1``. :func:`continue_pretraining`
-    evaluates on exactly these, so perplexities computed on them match its ``info``."""
-    config = dict(config) if config is not None else dapt_config()
-    _, held = domain_texts(config)
-    if not held:
-        raise ValueError("config leaves no held-out sentence: raise eval_docs")
-    return mlm_batches(tokenizer, held, batch_size=batch_size, max_length=config["max_length"],
-                       mlm_probability=config["mlm_probability"], seed=config["seed"] + 1)
-
-
-def continue_pretraining(config: Mapping | None = None, *, name: str | None = None, device=None,
-                         progress: bool = True, plot: bool = False):
-    """The checkpoint after more MLM pre-training on the domain corpus: ``(model, tokenizer, info)``.
-
-    Starts from :func:`bertlab.pretrain_loop.checkpoint_with_mlm_head` (the shipped encoder
-    with an MLM head trained on the frozen encoder; cached too), then trains the whole model
-    (encoder and head; the NSP head is unused) for ``config["steps"]`` steps of MLM on the
-    training sentences of :func:`domain_texts` with :func:`bertlab.pretrain_loop.pretrain`
-    (``bertlab.train.fit``: AdamW, warm-up and decay, clipping, a progress bar, live curves with
-    ``plot``; the weights with the lowest held-out MLM loss are kept). The result is loaded from
-    ``bertlab.cache`` when a model with the same ``config`` (default: :func:`dapt_config`) was
-    trained before. The model is a ``bertlab.model.BertForPreTraining`` in eval mode on
-    ``device`` (default: ``bertlab.env.get_device()``). ``info`` holds the config, ``cached``,
-    the held-out MLM loss and accuracy before training (``before``) and during it (``eval``:
-    ``step``, ``mlm_loss``, ``mlm_acc`` every ``eval_every`` steps), the mean training losses
-    between evaluations (``train``: ``step``, ``loss``, ``mlm_loss``), the training time
-    (``seconds``, evaluation excluded), ``steps_per_second`` and sentence counts.
-    """
-    from torch.utils.data import DataLoader
-
-    from bertlab import cache, env
-    from bertlab.model import BertForPreTraining
-    from bertlab.pretrain_loop import checkpoint_with_mlm_head, evaluate, history_rows, pretrain
-    from bertlab.pretrained import load_tokenizer
-    from bertlab.pretraining import PretrainingCollator
-
-    config = dict(config) if config is not None else dapt_config(name)
-    unknown = sorted(set(config) - set(DAPT_CONFIG) - {"checkpoint", "head"})
-    if unknown:
-        raise ValueError(f"config has unknown continued pre-training settings {unknown}")
-    missing = sorted((set(DAPT_CONFIG) | {"head"}) - set(config))
-    if missing:
-        raise ValueError(f"config lacks settings {missing}: build it with bertlab.domain.dapt_config")
-    device = torch.device(device) if device is not None else env.get_device()
-    tokenizer = load_tokenizer(name)
-
-    def build():
-        model, _, head_info = checkpoint_with_mlm_head(config["head"], name, device=device, progress=progress)
-        for p in model.parameters():  # the head was trained on a frozen encoder: now everything trains
-            p.requires_grad_(True)
-        train_texts, held = domain_texts(config)
-        eval_batches = heldout_batches(tokenizer, config)
-        before = evaluate(model, eval_batches)
-        loader = DataLoader(train_texts, batch_size=config["batch_size"], shuffle=True, drop_last=True,
-                            generator=torch.Generator().manual_seed(config["seed"]),
-                            collate_fn=PretrainingCollator(tokenizer, config["mlm_probability"], seed=config["seed"],
-                                                           max_length=config["max_length"]))
-        result = pretrain(model, loader, config["steps"], lr=config["lr"], warmup=config["warmup"],
-                          weight_decay=config["weight_decay"], eval_batches=eval_batches, eval_every=config["eval_every"],
-                          plot=plot, progress=progress, title="domain MLM", seed=config["seed"])
-        state = {k: v for k, v in model.state_dict().items() if k not in _TIED}
-        meta = {"before": before, "eval": history_rows(result), "train": history_rows(result, "train_"),
-                "seconds": result.seconds, "steps_per_second": result.steps_per_second, "sentences": len(train_texts),
-                "heldout_sentences": len(held), "head_cached": head_info["cached"]}
-        return state, meta
-
-    state, meta, hit = cache.cached_state("domain-mlm", config, build)
-    model = BertForPreTraining.from_pretrained(name)
-    missing_keys, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing_keys) - set(_TIED):
-        raise RuntimeError(f"cached domain model does not fit: unexpected {unexpected}, missing {missing_keys}")
-    model = model.to(device).eval()
-    info = {**meta, "config": config, "cached": hit, "path": str(cache.path_for("domain-mlm", config))}
-    return model, tokenizer, info
-
-
 def transformers_encoder(bert: nn.Module):
     """A ``transformers.BertModel`` with the weights of ``bert`` (a ``bertlab.model.BertModel``), in eval mode.
 
     The two share parameter names, so the state dict loads as it is; use it to fine-tune the
-    domain-adapted encoder (``model.bert`` of :func:`continue_pretraining`) with exactly the
+    domain-adapted encoder (``model.bert`` of
+    :func:`bertlab.artifacts_pretraining.continue_pretraining`) with exactly the
     code that fine-tunes the original one (``bertlab.pretrained.load_encoder``).
     """
     from dataclasses import asdict

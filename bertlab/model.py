@@ -11,7 +11,6 @@ head size, I intermediate size, V vocabulary size, N masked positions.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -21,11 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bertlab import args
+from bertlab.pretrained import checkpoint_config, drop_legacy_buffers, load_checkpoint_state_dict, model_name_or_dir
 
-# Buffers that older checkpoints store; we compute them in forward instead.
-_LEGACY_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 _ENCODER_PARTS = ("embeddings", "encoder", "pooler")
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 @dataclass
@@ -77,15 +74,8 @@ class BertConfig:
         ValueError for an architecture this BERT cannot reproduce (another
         activation than exact GELU, relative positions, a non-BERT model).
         """
-        from bertlab.pretrained import model_name_or_dir
-
         target = model_name_or_dir(folder_or_name)
-        if Path(target).is_dir():
-            raw = json.loads((Path(target) / "config.json").read_text())
-        else:  # a hub id: let transformers find (or download) its config, offline first
-            from bertlab.pretrained import load_config
-
-            raw = load_config(target).to_dict()
+        raw = checkpoint_config(target)
         checks = {"model_type": "bert", "hidden_act": "gelu", "position_embedding_type": "absolute"}
         for key, expected in checks.items():
             if raw.get(key, expected) != expected:
@@ -141,7 +131,7 @@ class BertEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         # Checkpoints saved by transformers < 4.31 also store position_ids (just arange(512));
         # we compute positions in forward, so drop that key instead of failing a strict load.
-        self.register_load_state_dict_pre_hook(_drop_legacy_buffers)
+        self.register_load_state_dict_pre_hook(drop_legacy_buffers)
 
     def forward(self, input_ids, token_type_ids):
         T = input_ids.size(1)
@@ -149,11 +139,6 @@ class BertEmbeddings(nn.Module):
         x = self.word_embeddings(input_ids) + self.position_embeddings(pos)  # (B, T, H)
         x = x + self.token_type_embeddings(token_type_ids)  # the segment: (B, T, H)
         return self.dropout(self.LayerNorm(x))
-
-
-def _drop_legacy_buffers(module, state_dict, prefix, *args):
-    for name in ("position_ids", "token_type_ids"):
-        state_dict.pop(prefix + name, None)
 
 
 class BertSelfAttention(nn.Module):
@@ -294,7 +279,7 @@ class BertModel(nn.Module):
         # sync at every forward pass; there the embedding lookup raises on a bad id anyway.
         on_cpu = input_ids.device.type == "cpu"
         if on_cpu:
-            _check_range("input_ids", input_ids, c.vocab_size, "vocab_size")
+            args.indices("input_ids", input_ids, c.vocab_size, "vocab_size")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         elif attention_mask.shape != input_ids.shape:
@@ -304,7 +289,7 @@ class BertModel(nn.Module):
         elif token_type_ids.shape != input_ids.shape:
             raise ValueError(f"token_type_ids must have the shape of input_ids {(B, T)}, got {tuple(token_type_ids.shape)}")
         elif on_cpu:
-            _check_range("token_type_ids", token_type_ids, c.type_vocab_size, "type_vocab_size")
+            args.indices("token_type_ids", token_type_ids, c.type_vocab_size, "type_vocab_size")
         return attention_mask, token_type_ids
 
     @classmethod
@@ -395,52 +380,13 @@ class BertForPreTraining(nn.Module):
         from a random init and must be trained. Returned in train mode.
         """
         model = cls(BertConfig.from_pretrained(name))
-        state = {}
-        for k, v in load_checkpoint_state_dict(name).items():
-            if k.startswith("cls."):
-                state[k] = v
-            elif k.split(".")[0] in _ENCODER_PARTS:
-                state["bert." + k] = v
+        state = {k if k.startswith("cls.") else "bert." + k: v for k, v in load_checkpoint_state_dict(name).items()
+                 if k.startswith("cls.") or k.split(".")[0] in _ENCODER_PARTS}  # the heads keep their names
         missing, unexpected = model.load_state_dict(state, strict=False)
         not_heads = [k for k in missing if not k.startswith("cls.")]
         if unexpected or not_heads:
             raise RuntimeError(f"checkpoint does not fit BertForPreTraining: missing {not_heads}, unexpected {unexpected}")
         return model
-
-
-def load_checkpoint_state_dict(name: str | Path | None = None) -> dict[str, torch.Tensor]:
-    """A checkpoint's tensors under BertModel's names (no ``bert.`` prefix); pre-training heads stay under ``cls.``.
-
-    Reads model.safetensors (or pytorch_model.bin) from a local folder; for a hub
-    id it lets transformers load the encoder. Renames old ``gamma``/``beta``
-    LayerNorm keys and drops the legacy position_ids buffer.
-    """
-    from bertlab.pretrained import load_encoder, model_name_or_dir
-
-    target = Path(model_name_or_dir(name))
-    files = [target / f for f in _WEIGHT_FILES if (target / f).is_file()] if target.is_dir() else []
-    if not files:
-        # Hub ids, sharded folders: transformers knows how to read them.
-        return {k: v for k, v in load_encoder(name).state_dict().items() if k not in _LEGACY_BUFFERS}
-    if files[0].suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        raw = load_file(files[0])
-    else:
-        raw = torch.load(files[0], map_location="cpu", weights_only=True)
-    state = {}
-    for key, tensor in raw.items():
-        key = key.removeprefix("bert.")
-        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
-        if key not in _LEGACY_BUFFERS:
-            state[key] = tensor
-    return state
-
-
-def _check_range(name: str, ids: torch.Tensor, upper: int, upper_name: str):
-    lo, hi = int(ids.min()), int(ids.max())
-    if lo < 0 or hi >= upper:
-        raise ValueError(f"{name} must be in [0, {upper_name}={upper}), got values in [{lo}, {hi}]")
 
 
 def _init_weights(module: nn.Module, config: BertConfig):

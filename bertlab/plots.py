@@ -1,6 +1,8 @@
-"""Plots the notebooks share: training curves, a confusion matrix, a learning curve."""
+"""Plots the notebooks share: training curves (after a run, or live during pre-training), a confusion
+matrix, a learning curve."""
 from __future__ import annotations
 
+import io
 from typing import Sequence
 
 import numpy as np
@@ -90,3 +92,61 @@ def learning_curve(summary, metric_label: str = "macro-F1", ax=None, title: str 
     ax.legend()
     ax.grid(alpha=0.3)
     return ax
+
+
+class LivePlot:
+    """A figure of the training curves, redrawn in place in a notebook (a display handle).
+
+    Panels: MLM loss, MLM accuracy and, when ``nsp`` is True, NSP accuracy; dashed lines
+    mark ``baseline`` (a dict like :func:`bertlab.pretrain_loop.unigram_baseline`'s). Drawn with matplotlib's
+    object API, so it never lands in pyplot's figure list (no duplicate at the end of a cell).
+    """
+
+    def __init__(self, baseline: dict | None = None, nsp: bool = True, title: str = ""):
+        from matplotlib.figure import Figure
+
+        self.baseline = baseline or {}
+        self.panels = [("mlm_loss", "MLM loss"), ("mlm_acc", "MLM accuracy")] + ([("nsp_acc", "NSP accuracy")] if nsp else [])
+        self.fig = Figure(figsize=(4.2 * len(self.panels), 3.2), layout="constrained")
+        self.axes = self.fig.subplots(1, len(self.panels))
+        if title:
+            self.fig.suptitle(title)
+        self.handle = None
+
+    def _png(self):
+        from IPython.display import Image
+
+        buf = io.BytesIO()
+        self.fig.savefig(buf, format="png", dpi=80)
+        return Image(data=buf.getvalue(), format="png")
+
+    def update(self, result) -> None:
+        """Redraw from ``result.history`` (``result``: a :class:`bertlab.train.TrainResult`; a ``fit``
+        callback): per panel, ``train_<key>`` and ``val_<key>`` against ``step``. Shown in place in a
+        notebook. Outside IPython (a plain script, where IPython may not even be installed) the figure
+        is only redrawn: ``self.fig`` holds it, and the progress bar reports the progress."""
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:
+            display = get_ipython = None
+        for ax, (key, label) in zip(self.axes, self.panels):
+            ax.clear()
+            for prefix, style, name in (("train_", dict(alpha=0.5), "train"), ("val_", dict(marker="o", ms=3), "held out")):
+                points = [r for r in result.history if prefix + key in r]
+                if points:
+                    ax.plot([r["step"] for r in points], [r[prefix + key] for r in points], color="tab:blue",
+                            label=name, **style)
+            if key in self.baseline:
+                ax.axhline(self.baseline[key], color="tab:red", ls="--",
+                           label="chance" if key == "nsp_acc" else "unigram")
+            ax.set(title=label, xlabel="step")
+            if key != "mlm_loss":
+                ax.set_ylim(0, 1)
+            ax.legend(loc="best", fontsize=8)
+        if display is None or get_ipython() is None:
+            return
+        if self.handle is None:
+            self.handle = display(self._png(), display_id=True)
+        else:
+            self.handle.update(self._png())

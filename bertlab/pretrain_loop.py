@@ -1,23 +1,21 @@
-"""Pre-training runs (notebook 03, reused by 07): a domain vocabulary, pre-training with live
-curves through the course's one loop (``bertlab.train.fit``), speed measurements, fill-mask, and
-a trained MLM head for the shipped checkpoint.
+"""Pre-training runs (notebook 03, reused by 07): pre-training with live curves through the
+course's one loop (``bertlab.train.fit``), speed measurements, fill-mask, and training an MLM
+head on a frozen encoder. The domain WordPiece vocabulary it pre-trains on is
+:func:`bertlab.vocab.train_wordpiece`.
 
-- :func:`train_wordpiece`: a BERT-style WordPiece vocabulary learnt from domain text with
-  ``tokenizers``, wrapped as a ``transformers`` fast tokenizer.
 - :func:`pretraining_loss`: MLM (+ NSP) loss of ``bertlab.model.BertForPreTraining``'s outputs,
   the ``loss_fn`` that :func:`bertlab.train.fit` trains with.
 - :func:`pretrain`: MLM (+ NSP when the batches carry ``nsp_labels``) with ``fit``, a progress
-  bar and live loss curves (:class:`LivePlot`).
+  bar and live loss curves (:class:`bertlab.plots.LivePlot`).
 - :func:`evaluate`, :func:`unigram_baseline`, :func:`steps_per_second`: what the curves
   and the speed table measure.
 - :func:`fill_mask`, :func:`fill_mask_table`, :func:`fill_mask_accuracy`: what a model guesses
   for ``[MASK]``.
-- :func:`checkpoint_with_mlm_head`: the shipped checkpoint (no MLM head) with a head trained
-  on the domain corpus, encoder frozen, cached by its configuration in ``bertlab.cache``.
+- :func:`train_mlm_head`: train only the MLM head of a checkpoint that has none (encoder frozen);
+  the course's cached one is ``bertlab.artifacts_pretraining.checkpoint_with_mlm_head``.
 """
 from __future__ import annotations
 
-import io
 import random
 from collections import Counter
 from typing import Iterable, Sequence
@@ -26,68 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, StackDataset
 
-from bertlab import args, train
+from bertlab import args, plots, train
 from bertlab.model import BertForPreTraining
 from bertlab.pretraining import IGNORE_INDEX, PretrainingCollator, mlm_loss
-
-#: The special tokens of a domain vocabulary, in id order ([PAD] = 0, as BertConfig expects).
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-
-
-# --- a domain WordPiece vocabulary -----------------------------------------------------------------
-
-
-def train_wordpiece(texts: Iterable[str], vocab_size: int = 2000, lowercase: bool = True):
-    """A BERT-style WordPiece tokenizer with exactly ``vocab_size`` tokens, learnt from ``texts``.
-
-    Returns a ``transformers.PreTrainedTokenizerFast`` (built from the ``tokenizers`` object,
-    not from a vocab file) that adds ``[CLS] A [SEP] B [SEP]`` with segment ids 0/1, pads with
-    ``[PAD]`` (id 0) and knows ``[MASK]``. Ids: the special tokens first (:data:`SPECIAL_TOKENS`),
-    then the learnt tokens in sorted order. The trainer breaks ties between equally frequent
-    merges in an order that changes from process to process, so a few rare tokens (pieces of
-    numbers, here) can differ between two runs on the same text; sorting gives the same ids
-    whenever the token sets agree. Raises ValueError when the text is too small to yield
-    ``vocab_size`` tokens.
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    args.integer("vocab_size", vocab_size, low=len(SPECIAL_TOKENS) + 1)
-    if isinstance(texts, str):
-        raise TypeError("texts must be an iterable of strings, not one string")
-    texts = list(texts)
-    if not texts or not all(isinstance(t, str) for t in texts):
-        raise TypeError("texts must be a non-empty iterable of strings")
-
-    def bare(vocab=None):
-        tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]") if vocab else models.WordPiece(unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        return tok
-
-    learner = bare()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
-    learner.train_from_iterator(texts, trainer)
-    learnt = sorted(set(learner.get_vocab()) - set(SPECIAL_TOKENS))
-    if len(learnt) + len(SPECIAL_TOKENS) != vocab_size:
-        raise ValueError(
-            f"the texts yield only {len(learnt) + len(SPECIAL_TOKENS)} WordPiece tokens, fewer than "
-            f"vocab_size={vocab_size}: use more text or a smaller vocab_size"
-        )
-    vocab = {t: i for i, t in enumerate(list(SPECIAL_TOKENS) + learnt)}
-    tok = bare(vocab)
-    cls, sep = vocab["[CLS]"], vocab["[SEP]"]
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-    )
-    tok.decoder = decoders.WordPiece()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_max_length=512,
-    )
-    assert len(fast) == vocab_size, f"the fast tokenizer has {len(fast)} tokens, expected {vocab_size}"
-    return fast
-
 
 # --- the loss and what a run measures ---------------------------------------------------------------
 
@@ -188,64 +127,6 @@ def history_rows(result: train.TrainResult, prefix: str = "val_") -> list[dict]:
             for r in result.history]
 
 
-class LivePlot:
-    """A figure of the training curves, redrawn in place in a notebook (a display handle).
-
-    Panels: MLM loss, MLM accuracy and, when ``nsp`` is True, NSP accuracy; dashed lines
-    mark ``baseline`` (a dict like :func:`unigram_baseline`'s). Drawn with matplotlib's
-    object API, so it never lands in pyplot's figure list (no duplicate at the end of a cell).
-    """
-
-    def __init__(self, baseline: dict | None = None, nsp: bool = True, title: str = ""):
-        from matplotlib.figure import Figure
-
-        self.baseline = baseline or {}
-        self.panels = [("mlm_loss", "MLM loss"), ("mlm_acc", "MLM accuracy")] + ([("nsp_acc", "NSP accuracy")] if nsp else [])
-        self.fig = Figure(figsize=(4.2 * len(self.panels), 3.2), layout="constrained")
-        self.axes = self.fig.subplots(1, len(self.panels))
-        if title:
-            self.fig.suptitle(title)
-        self.handle = None
-
-    def _png(self):
-        from IPython.display import Image
-
-        buf = io.BytesIO()
-        self.fig.savefig(buf, format="png", dpi=80)
-        return Image(data=buf.getvalue(), format="png")
-
-    def update(self, result: train.TrainResult) -> None:
-        """Redraw from ``result.history`` (a ``fit`` callback): per panel, ``train_<key>`` and
-        ``val_<key>`` against ``step``. Shown in place in a notebook. Outside IPython (a plain
-        script, where IPython may not even be installed) the figure is only redrawn:
-        ``self.fig`` holds it, and the progress bar reports the progress."""
-        try:
-            from IPython import get_ipython
-            from IPython.display import display
-        except ImportError:
-            display = get_ipython = None
-        for ax, (key, label) in zip(self.axes, self.panels):
-            ax.clear()
-            for prefix, style, name in (("train_", dict(alpha=0.5), "train"), ("val_", dict(marker="o", ms=3), "held out")):
-                points = [r for r in result.history if prefix + key in r]
-                if points:
-                    ax.plot([r["step"] for r in points], [r[prefix + key] for r in points], color="tab:blue",
-                            label=name, **style)
-            if key in self.baseline:
-                ax.axhline(self.baseline[key], color="tab:red", ls="--",
-                           label="chance" if key == "nsp_acc" else "unigram")
-            ax.set(title=label, xlabel="step")
-            if key != "mlm_loss":
-                ax.set_ylim(0, 1)
-            ax.legend(loc="best", fontsize=8)
-        if display is None or get_ipython() is None:
-            return
-        if self.handle is None:
-            self.handle = display(self._png(), display_id=True)
-        else:
-            self.handle.update(self._png())
-
-
 def _loader(batches) -> DataLoader:
     """``batches`` as a DataLoader: a DataLoader as it is; a list of batch dicts, one batch per item."""
     if isinstance(batches, DataLoader):
@@ -286,7 +167,7 @@ def pretrain(model: BertForPreTraining, batches, steps: int, *, lr: float = 1e-3
 
     def redraw(result):
         nonlocal live
-        live = live or LivePlot(baseline, nsp="val_nsp_acc" in result.history[-1], title=title)
+        live = live or plots.LivePlot(baseline, nsp="val_nsp_acc" in result.history[-1], title=title)
         live.update(result)
 
     return train.fit(model, loader, (lambda m: evaluate(m, eval_batches)) if eval_batches else None, config,
@@ -481,75 +362,8 @@ def train_mlm_head(model: BertForPreTraining, tokenizer, texts: Sequence[str], s
 
     config = train.TrainConfig(lr=lr, max_steps=steps, batch_size=batch_positions, weight_decay=0.0,
                                max_grad_norm=None, eval_every=eval_every, patience=None, metric="mlm_loss", seed=seed)
-    live = LivePlot(info["baseline"], nsp=False, title="MLM head") if plot else None
+    live = plots.LivePlot(info["baseline"], nsp=False, title="MLM head") if plot else None
     result = train.fit(head, positions, held_out, config, loss_fn=pretraining_loss,
                        on_validation=live.update if live else None, progress=progress)
     model.eval()
     return result, info
-
-
-#: How the cached MLM head of the shipped checkpoint is trained; the cache key is this dict
-#: (plus the checkpoint), so changing any value trains and caches a new head.
-HEAD_CONFIG = {
-    "corpus_docs": 400,      # documents of bertlab.data.domain_corpus ...
-    "corpus_seed": 0,        # ... and its seed
-    "steps": 150,            # training steps (bertlab.train.fit) on the cached encoder features
-    "lr": 1e-2,
-    "batch_positions": 128,  # masked positions per step
-    "mlm_probability": 0.15,
-    "max_length": 64,
-    "seed": 0,
-    "version": 2,            # bump when the training code changes (2: trained by bertlab.train.fit)
-}
-
-
-def head_config(name: str | None = None, **overrides) -> dict:
-    """:data:`HEAD_CONFIG` with ``overrides``, and the checkpoint it is for (the cache key)."""
-    from bertlab.pretrained import DEFAULT_NAME, is_default, model_name_or_dir
-
-    unknown = set(overrides) - set(HEAD_CONFIG)
-    if unknown:
-        raise ValueError(f"unknown MLM head settings {sorted(unknown)}; known: {sorted(HEAD_CONFIG)}")
-    target = model_name_or_dir(name)
-    return {"checkpoint": DEFAULT_NAME if is_default(target) else target, **HEAD_CONFIG, **overrides}
-
-
-def checkpoint_with_mlm_head(config: dict | None = None, name: str | None = None, device=None,
-                             progress: bool = True, plot: bool = False):
-    """The checkpoint as a ``BertForPreTraining`` whose MLM head is trained, and its tokenizer.
-
-    The head comes from ``bertlab.cache`` when one was trained with ``config`` (default:
-    :func:`head_config`), else it is trained now by :func:`train_mlm_head` on sentences of
-    ``bertlab.data.domain_corpus`` (encoder frozen) and cached. The NSP head stays untrained.
-    Returns ``(model in eval mode on device, tokenizer, info)`` (the model stays on the CPU when
-    ``device`` is None); ``info`` holds whether the cache had it (``cached``) and the training record:
-    ``eval`` (held-out MLM loss and accuracy at each validation step), ``baseline`` (the unigram
-    model there), ``seconds`` (of training), ``positions``, ``sentences``.
-    """
-    from bertlab import cache
-    from bertlab.pretrained import load_tokenizer
-
-    config = dict(config) if config is not None else head_config(name)
-    unknown = set(config) - set(HEAD_CONFIG) - {"checkpoint"}
-    if unknown:
-        raise ValueError(f"config has unknown MLM head settings {sorted(unknown)}")
-    model = BertForPreTraining.from_pretrained(name)
-    tokenizer = load_tokenizer(name)
-
-    def build():
-        from bertlab.data import domain_corpus
-
-        texts = [s for doc in domain_corpus(config["corpus_docs"], config["corpus_seed"]) for s in doc]
-        result, info = train_mlm_head(model, tokenizer, texts, config["steps"], lr=config["lr"],
-                                      batch_positions=config["batch_positions"], mlm_probability=config["mlm_probability"],
-                                      max_length=config["max_length"], seed=config["seed"], progress=progress, plot=plot)
-        return head_state(model), {"eval": history_rows(result), "seconds": result.seconds, "sentences": len(texts), **info}
-
-    state, meta, hit = cache.cached_state("mlm-head", config, build)
-    if hit:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or set(HEAD_KEYS) & set(missing):
-            raise RuntimeError(f"cached MLM head does not fit the model: unexpected {unexpected}, missing {missing}")
-    model.to(device if device is not None else "cpu")  # train_mlm_head trained it on fit's device
-    model.eval()
-    return model, tokenizer, {**meta, "cached": hit}

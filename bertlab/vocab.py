@@ -1,4 +1,8 @@
-"""A subset of the vocabulary: the WordPieces a fab's reports actually use (notebooks 08 and 09).
+"""Vocabularies of the domain: one learnt from its text (notebook 03), and the subset of BERT's
+WordPieces a fab's reports actually use (notebooks 08 and 09).
+
+:func:`train_wordpiece` learns a BERT-style WordPiece vocabulary from domain text with
+``tokenizers`` and wraps it as a ``transformers`` fast tokenizer.
 
 A fab's reports use a small part of BERT's 30,522 WordPieces, yet the table of all of them
 is most of a small model's weights, and back-propagating into an ``nn.Embedding`` builds a
@@ -8,8 +12,8 @@ of a smaller table:
 - :func:`only_used_rows_trainable` (training, opt-in through
   ``bertlab.train.TrainConfig.used_embedding_rows_only``): only the rows the training
   reports use are parameters; the updates are the same.
-- :class:`TrimmedVocabulary` (serving): the model keeps only those rows, and every other
-  id reads as [UNK].
+- :class:`TrimmedVocabulary` (serving): the model keeps only those rows (:func:`domain_vocabulary`
+  of the fab's text), and every other id reads as [UNK].
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from bertlab import args
 
 
 def used_token_ids(input_ids: Iterable[Sequence[int]], vocab_size: int, always: Iterable[int] = ()) -> torch.Tensor:
@@ -146,3 +152,67 @@ class TrimmedVocabulary(nn.Module):
 
     def forward(self, input_ids, attention_mask=None):
         return self.model(self.id_map[input_ids], attention_mask)
+
+
+def domain_vocabulary(tokenizer, texts: Sequence[str]) -> set[int]:
+    """The token ids that occur in ``texts`` (e.g. the training reports and the domain corpus)."""
+    ids = tokenizer(list(texts), truncation=False)["input_ids"]
+    return {i for x in ids for i in x}
+
+
+# ---------------------------------------------------------------- a domain WordPiece vocabulary (notebook 03)
+
+#: The special tokens of a domain vocabulary, in id order ([PAD] = 0, as BertConfig expects).
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int = 2000, lowercase: bool = True):
+    """A BERT-style WordPiece tokenizer with exactly ``vocab_size`` tokens, learnt from ``texts``.
+
+    Returns a ``transformers.PreTrainedTokenizerFast`` (built from the ``tokenizers`` object,
+    not from a vocab file) that adds ``[CLS] A [SEP] B [SEP]`` with segment ids 0/1, pads with
+    ``[PAD]`` (id 0) and knows ``[MASK]``. Ids: the special tokens first (:data:`SPECIAL_TOKENS`),
+    then the learnt tokens in sorted order. The trainer breaks ties between equally frequent
+    merges in an order that changes from process to process, so a few rare tokens (pieces of
+    numbers, here) can differ between two runs on the same text; sorting gives the same ids
+    whenever the token sets agree. Raises ValueError when the text is too small to yield
+    ``vocab_size`` tokens.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    args.integer("vocab_size", vocab_size, low=len(SPECIAL_TOKENS) + 1)
+    if isinstance(texts, str):
+        raise TypeError("texts must be an iterable of strings, not one string")
+    texts = list(texts)
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise TypeError("texts must be a non-empty iterable of strings")
+
+    def bare(vocab=None):
+        tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]") if vocab else models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        return tok
+
+    learner = bare()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+    learner.train_from_iterator(texts, trainer)
+    learnt = sorted(set(learner.get_vocab()) - set(SPECIAL_TOKENS))
+    if len(learnt) + len(SPECIAL_TOKENS) != vocab_size:
+        raise ValueError(
+            f"the texts yield only {len(learnt) + len(SPECIAL_TOKENS)} WordPiece tokens, fewer than "
+            f"vocab_size={vocab_size}: use more text or a smaller vocab_size"
+        )
+    vocab = {t: i for i, t in enumerate(list(SPECIAL_TOKENS) + learnt)}
+    tok = bare(vocab)
+    cls, sep = vocab["[CLS]"], vocab["[SEP]"]
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tok.decoder = decoders.WordPiece()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", model_max_length=512,
+    )
+    assert len(fast) == vocab_size, f"the fast tokenizer has {len(fast)} tokens, expected {vocab_size}"
+    return fast

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bertlab import artifacts, deploy, train, vocab
+from bertlab import artifacts, benchmark, deploy, train, vocab
 
 LABELS = [f"type_{i}" for i in range(4)]
 
@@ -81,7 +81,7 @@ def test_padding_does_not_change_the_onnx_logits(exported):
 def test_ort_quantization_shrinks_and_keeps_metadata(exported, tmp_path):
     model, path = exported
     q = deploy.quantize_onnx(path, tmp_path / "q.onnx")
-    assert deploy.size_mb(q) < 0.4 * deploy.size_mb(path), "INT8 weights and embeddings: about 4x smaller"
+    assert benchmark.size_mb(q) < 0.4 * benchmark.size_mb(path), "INT8 weights and embeddings: about 4x smaller"
     assert deploy.read_metadata(q)["label_names"] == deploy.read_metadata(path)["label_names"]
     ids, mask = deploy._example_inputs(2, 20, 30522)
     got = deploy.OrtRunner(deploy.ort_session(q, threads=1))(ids.numpy(), mask.numpy())
@@ -114,7 +114,7 @@ def test_trimmed_vocabulary_keeps_logits_of_kept_tokens_and_maps_others_to_unk(t
         assert torch.allclose(trimmed(outside, torch.ones_like(outside)), model(as_unk, torch.ones_like(as_unk)), atol=1e-6)
     path = deploy.export_onnx(trimmed, tmp_path / "t.onnx")
     deploy.check_onnx(trimmed, path, threads=1)
-    assert deploy.size_mb(path) < 0.2 * deploy.size_mb(deploy.export_onnx(model, tmp_path / "full.onnx"))
+    assert benchmark.size_mb(path) < 0.2 * benchmark.size_mb(deploy.export_onnx(model, tmp_path / "full.onnx"))
     with pytest.raises(ValueError, match="token ids in 0..30521"):
         vocab.TrimmedVocabulary(model, [5, 30522], unk_id=100)
 
@@ -125,16 +125,16 @@ def test_trimmed_vocabulary_keeps_logits_of_kept_tokens_and_maps_others_to_unk(t
 def test_size_mb_of_a_file_and_of_a_model(tmp_path):
     f = tmp_path / "blob"
     f.write_bytes(b"x" * (3 * 2 ** 20 + 2 ** 19))
-    assert deploy.size_mb(f) == 3.5
+    assert benchmark.size_mb(f) == 3.5
     model = torch.nn.Linear(512, 256)
     ref = tmp_path / "ref.pt"
     torch.save(model.state_dict(), ref)
-    assert deploy.size_mb(model) == pytest.approx(os.path.getsize(ref) / 2 ** 20, abs=0.01)
-    assert deploy.size_mb(model) == pytest.approx((512 * 256 + 256) * 4 / 2 ** 20, rel=0.02)
+    assert benchmark.size_mb(model) == pytest.approx(os.path.getsize(ref) / 2 ** 20, abs=0.01)
+    assert benchmark.size_mb(model) == pytest.approx((512 * 256 + 256) * 4 / 2 ** 20, rel=0.02)
     with pytest.raises(FileNotFoundError):
-        deploy.size_mb(tmp_path / "nothing")
+        benchmark.size_mb(tmp_path / "nothing")
     with pytest.raises(TypeError):
-        deploy.size_mb(42)
+        benchmark.size_mb(42)
 
 
 class FakeClock:
@@ -156,16 +156,16 @@ def test_latency_ms_percentiles_with_a_fake_clock():
         calls.append(x)
         clock.now += durations_ms[x] / 1000 if len(calls) > 3 else 1.0  # the 3 warm-up calls are slow
 
-    out = deploy.latency_ms(predict, range(10), warmup=3, clock=clock)
+    out = benchmark.latency_ms(predict, range(10), warmup=3, clock=clock)
     assert calls[:3] == [0, 1, 2] and calls[3:] == list(range(10))
     assert out["n"] == 10
     assert out["p50"] == pytest.approx(np.percentile(durations_ms, 50))
     assert out["p95"] == pytest.approx(np.percentile(durations_ms, 95))
     assert out["mean"] == pytest.approx(np.mean(durations_ms))
     with pytest.raises(ValueError, match="inputs"):
-        deploy.latency_ms(predict, [], clock=clock)
+        benchmark.latency_ms(predict, [], clock=clock)
     with pytest.raises(ValueError, match="warmup"):
-        deploy.latency_ms(predict, [0], warmup=-1, clock=clock)
+        benchmark.latency_ms(predict, [0], warmup=-1, clock=clock)
 
 
 def test_best_variant_needs_accuracy_then_both_ratios():
@@ -173,7 +173,7 @@ def test_best_variant_needs_accuracy_then_both_ratios():
 
     table = pd.DataFrame({"size_mb": [90.0, 10.0, 30.0, 5.0], "p50_ms": [10.0, 1.0, 1.5, 4.0], "p95_ms": [12.0, 2.0, 2.0, 5.0],
                           "accuracy": [0.90, 0.85, 0.895, 0.90]}, index=["teacher", "tiny", "mid", "small"])
-    best = deploy.best_variant(table)
+    best = benchmark.best_variant(table)
     # tiny is too inaccurate; mid: min(6.7, 3.0) = 3.0; small: min(2.5, 18) = 2.5
     assert best["variant"] == "mid"
     assert best["p50_ratio"] == pytest.approx(10 / 1.5) and best["size_ratio"] == pytest.approx(3.0)
@@ -182,25 +182,25 @@ def test_best_variant_needs_accuracy_then_both_ratios():
 
 def test_benchmark_measures_every_variant(exported, tmp_path):
     model, path = exported
-    variants = [deploy.save_torch_variant(model, tmp_path / "m.pt", "torch fp32"), deploy.onnx_variant(path, "ORT fp32")]
+    variants = [benchmark.save_torch_variant(model, tmp_path / "m.pt", "torch fp32"), benchmark.onnx_variant(path, "ORT fp32")]
     ids = [[101] + list(range(2000, 2000 + n)) + [102] for n in (3, 8, 20, 5, 13)]
     with torch.no_grad():
         labels = [int(model(torch.tensor([x]), torch.ones(1, len(x), dtype=torch.long)).argmax()) for x in ids]
     labels[0] = (labels[0] + 1) % len(LABELS)  # one wrong label: accuracy 4/5
-    bench = deploy.Benchmark(ids, labels, threads=1, n_latency=5, warmup=2, batch_size=2, isolate=False)
+    bench = benchmark.Benchmark(ids, labels, threads=1, n_latency=5, warmup=2, batch_size=2, isolate=False)
     table = bench.run(variants, progress=False)
     assert list(table.index) == ["torch fp32", "ORT fp32"]
     assert table["accuracy"].tolist() == pytest.approx([0.8, 0.8])
     assert (table["p50_ms"] > 0).all() and (table["p95_ms"] >= table["p50_ms"]).all()
     assert table.loc["torch fp32", "speed-up (p50)"] == 1.0 and table.loc["torch fp32", "smaller"] == 1.0
-    assert table.loc["ORT fp32", "size_mb"] == pytest.approx(deploy.size_mb(path))
+    assert table.loc["ORT fp32", "size_mb"] == pytest.approx(benchmark.size_mb(path))
 
 
 @pytest.mark.slow
 def test_benchmark_in_its_own_process(exported):
     _, path = exported
-    bench = deploy.Benchmark([[101, 2000, 102]] * 4, [0] * 4, threads=1, n_latency=3, warmup=1, isolate=True)
-    row = bench.measure(deploy.onnx_variant(path, "ORT"))
+    bench = benchmark.Benchmark([[101, 2000, 102]] * 4, [0] * 4, threads=1, n_latency=3, warmup=1, isolate=True)
+    row = bench.measure(benchmark.onnx_variant(path, "ORT"))
     assert row["p50_ms"] > 0 and 0 <= row["accuracy"] <= 1
 
 
@@ -265,6 +265,6 @@ def test_exported_model_is_built_once_and_served(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("**/*.tmp")), "no temporary file is left behind"
     assert json.loads(deploy.read_metadata(path)["label_names"]) == list(FAILURE_TYPES)
     fp32 = artifacts.exported_model(int8=False, **quick)
-    assert fp32 != path and deploy.size_mb(path) < 0.5 * deploy.size_mb(fp32), "INT8 is the smaller file"
+    assert fp32 != path and benchmark.size_mb(path) < 0.5 * benchmark.size_mb(fp32), "INT8 is the smaller file"
     out = deploy.onnx_predictor(path, threads=1).predict(["VDD_CORE sagged to 0.91V under load"])[0]
     assert out.label in FAILURE_TYPES

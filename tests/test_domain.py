@@ -1,11 +1,12 @@
-"""Domain adaptation (bertlab.domain): layer freezing, MLM perplexity, fragmentation, continued pre-training."""
+"""Domain adaptation (bertlab.domain): layer freezing, MLM perplexity, fragmentation; continued pre-training
+(bertlab.artifacts_pretraining)."""
 import math
 
 import pytest
 import torch
 import torch.nn as nn
 
-from bertlab import cache, domain, train
+from bertlab import artifacts_pretraining, cache, domain, train
 from bertlab.model import BertConfig, BertForPreTraining, BertModel
 from bertlab.pretraining import IGNORE_INDEX, mlm_loss
 
@@ -233,7 +234,7 @@ def test_fragmentation_is_the_mean_number_of_pieces_per_word(tokenizer):
     assert domain.fragmentation(tokenizer, ["the", "of"]) == 1.0
     pieces = len(tokenizer.tokenize("electromigration"))
     assert pieces > 1 and domain.fragmentation(tokenizer, ["the electromigration"]) == pytest.approx((1 + pieces) / 2)
-    terms = domain.domain_terms()
+    terms = artifacts_pretraining.domain_terms()
     assert "electromigration" in terms and domain.fragmentation(tokenizer, terms) > 1.2
 
 
@@ -261,19 +262,19 @@ def test_transformers_encoder_computes_what_the_course_encoder_computes():
 
 
 def test_dapt_config_and_held_out_text():
-    cfg = domain.dapt_config(steps=3, head={"corpus_docs": 6})
+    cfg = artifacts_pretraining.dapt_config(steps=3, head={"corpus_docs": 6})
     assert cfg["steps"] == 3 and cfg["head"]["corpus_docs"] == 6 and cfg["checkpoint"] == "all-MiniLM-L6-v2"
-    assert cache.key("domain-mlm", cfg) != cache.key("domain-mlm", domain.dapt_config())
+    assert cache.key("domain-mlm", cfg) != cache.key("domain-mlm", artifacts_pretraining.dapt_config())
     with pytest.raises(ValueError, match="unknown"):
-        domain.dapt_config(stepz=3)
-    train_texts, held = domain.domain_texts({**cfg, "corpus_docs": 10, "eval_docs": 10})
+        artifacts_pretraining.dapt_config(stepz=3)
+    train_texts, held = artifacts_pretraining.domain_texts({**cfg, "corpus_docs": 10, "eval_docs": 10})
     assert train_texts and held and not set(held) & set(train_texts)
     from bertlab.data import domain_corpus
 
     head_texts = {s for d in domain_corpus(6, 0) for s in d}
     assert not set(held) & head_texts, "held-out text must be new to the MLM head too"
     with pytest.raises(ValueError, match="unknown"):
-        domain.continue_pretraining({**cfg, "stepz": 1}, progress=False)
+        artifacts_pretraining.continue_pretraining({**cfg, "stepz": 1}, progress=False)
 
 
 def test_continue_pretraining_trains_once_then_loads_from_the_cache(tmp_path, monkeypatch):
@@ -283,8 +284,9 @@ def test_continue_pretraining_trains_once_then_loads_from_the_cache(tmp_path, mo
     calls = []
     real = pretrain_loop.pretrain
     monkeypatch.setattr(pretrain_loop, "pretrain", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    cfg = domain.dapt_config(head={"corpus_docs": 8, "steps": 2, "batch_positions": 16}, **domain.QUICK)
-    model, tok, info = domain.continue_pretraining(cfg, device="cpu", progress=False)
+    cfg = artifacts_pretraining.dapt_config(head={"corpus_docs": 8, "steps": 2, "batch_positions": 16},
+                                            **artifacts_pretraining.DAPT_QUICK)
+    model, tok, info = artifacts_pretraining.continue_pretraining(cfg, device="cpu", progress=False)
     assert not info["cached"] and len(calls) == 1 and not model.training
     assert info["heldout_sentences"] > 0 and len(info["eval"]) == 1 and info["before"]["mlm_loss"] > 0
     # the keys notebook 07 reads, with their meaning
@@ -292,11 +294,11 @@ def test_continue_pretraining_trains_once_then_loads_from_the_cache(tmp_path, mo
     assert info["train"][-1]["step"] == cfg["steps"] and info["train"][-1]["mlm_loss"] > 0
     assert info["seconds"] > 0 and info["steps_per_second"] == pytest.approx(cfg["steps"] / info["seconds"])
     assert info["sentences"] > 0 and info["head_cached"] in (True, False)
-    again, _, info2 = domain.continue_pretraining(cfg, device="cpu", progress=False)
+    again, _, info2 = artifacts_pretraining.continue_pretraining(cfg, device="cpu", progress=False)
     assert info2["cached"] and len(calls) == 1, "the second call must load, not train"
     assert info2["eval"] == info["eval"]
     # The held-out batches are the ones it evaluated on: the perplexity reproduces its last evaluation.
-    held = domain.heldout_batches(tok, cfg)
+    held = artifacts_pretraining.heldout_batches(tok, cfg)
     assert domain.mlm_perplexity(again, held) == pytest.approx(math.exp(info["eval"][-1]["mlm_loss"]), rel=1e-4)
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k

@@ -3,8 +3,8 @@
 The slow tests build a throwaway course from solutions/ (bertlab.instructor.grading), fabricate one
 submission per scenario for every notebook, and run ``nbgrader autograde``,
 ``generate_feedback`` and ``export`` over the class once (module fixture); each test then
-reads what that run left behind. See bertlab/instructor/grading.py for the scenarios and how their
-expected scores are computed from the test cells' points.
+reads what that run left behind. See bertlab/instructor/submissions.py for the scenarios and how
+their expected scores are computed from the test cells' points.
 """
 import json
 import os
@@ -15,7 +15,7 @@ import sys
 import nbformat
 import pytest
 
-from bertlab.instructor import course, grading
+from bertlab.instructor import course, feedback, grading, submissions
 
 NAMES = grading.class_names() or course.assignments()  # $BERTLAB_CLASS limits the simulated class
 PLAN = grading.class_plan(NAMES)  # every scenario on some notebooks, the core ones on the rest
@@ -50,7 +50,7 @@ def test_course_config_for_trustworthy_grading():
     cfg = course.load_config()
     assert cfg.Execute.timeout == 180 and cfg.Execute.interrupt_on_timeout, "a stuck cell must be stopped"
     assert cfg.OverwriteCells.add_missing_cells, "a deleted test cell must be added back and graded"
-    assert "bertlab.instructor.grading.HideHiddenTests" in cfg.GenerateFeedback.preprocessors, "feedback must hide hidden tests"
+    assert "bertlab.instructor.feedback.HideHiddenTests" in cfg.GenerateFeedback.preprocessors, "feedback must hide hidden tests"
     assert cfg.IgnorePattern.enabled
 
 
@@ -63,7 +63,7 @@ def _stderr_of(code):
 
 @pytest.mark.parametrize("code", [
     # exactly what the stderr-warnings student runs, after env.setup() silenced warnings
-    "import warnings; warnings.filterwarnings('ignore')\n" + grading.STDERR_WARNING,
+    "import warnings; warnings.filterwarnings('ignore')\n" + submissions.STDERR_WARNING,
     "import torch; torch.tensor(torch.zeros(1))",  # UserWarning: To copy construct from a tensor
     "import warnings; warnings.warn('x', FutureWarning)",
     "import warnings; warnings.warn('x', DeprecationWarning, stacklevel=1)",
@@ -102,7 +102,7 @@ def test_feedback_preprocessor_hides_hidden_source_and_traceback():
         "grade": True, "grade_id": "t", "points": 1, "solution": False, "locked": True, "schema_version": 3}})
     cell.outputs = [nbformat.v4.new_output("error", ename="AssertionError", evalue="f of a negative",
                                            traceback=["Cell In[3], line 4", "----> 4 secret = f(-1)"])]
-    cell, _ = grading.HideHiddenTests().preprocess_cell(cell, {}, 0)
+    cell, _ = feedback.HideHiddenTests().preprocess_cell(cell, {}, 0)
     shown = cell.source + json.dumps(cell.outputs)
     assert "secret" not in shown and "HIDDEN" not in shown
     assert "assert f(1) == 1" in cell.source, "the visible tests stay in the feedback"
@@ -112,12 +112,12 @@ def test_feedback_preprocessor_hides_hidden_source_and_traceback():
 def test_class_plan():
     names = ["00-welcome", "04-finetuning", "07-other"]
     plan = grading.class_plan(names, full=False)
-    assert plan["00-welcome"] == plan["04-finetuning"] == grading.SCENARIOS
+    assert plan["00-welcome"] == plan["04-finetuning"] == submissions.SCENARIOS
     assert plan["07-other"] == grading.CORE_SCENARIOS
-    assert set(grading.CORE_SCENARIOS) < set(grading.SCENARIOS)
+    assert set(grading.CORE_SCENARIOS) < set(submissions.SCENARIOS)
     assert {"perfect", "blank"} <= set(grading.CORE_SCENARIOS), "test_notebooks.py skips validate for them"
-    assert all(v == grading.SCENARIOS for v in grading.class_plan(names, full=True).values())
-    assert grading.class_plan(["07-other"], full=False) == {"07-other": grading.SCENARIOS}, "one notebook asked for: all"
+    assert all(v == submissions.SCENARIOS for v in grading.class_plan(names, full=True).values())
+    assert grading.class_plan(["07-other"], full=False) == {"07-other": submissions.SCENARIOS}, "one notebook asked for: all"
     assert set(grading.FULL_CLASS_NOTEBOOKS) <= set(course.assignments()), "FULL_CLASS_NOTEBOOKS names a missing notebook"
     with pytest.raises(ValueError, match="unknown"):
         grading.run_class(course.ROOT / ".no-such-class", ["00-welcome"], scenarios={"00-welcome": ("napping",)})
@@ -125,8 +125,8 @@ def test_class_plan():
 
 # --------------------------------------------------------------------------- fast: parallel grading
 def test_shards_cover_every_assignment_once_and_balance():
-    plan = {"00-a": grading.SCENARIOS, "01-b": grading.CORE_SCENARIOS, "02-c": grading.CORE_SCENARIOS,
-            "03-d": (), "04-e": grading.SCENARIOS, "05-f": grading.CORE_SCENARIOS}
+    plan = {"00-a": submissions.SCENARIOS, "01-b": grading.CORE_SCENARIOS, "02-c": grading.CORE_SCENARIOS,
+            "03-d": (), "04-e": submissions.SCENARIOS, "05-f": grading.CORE_SCENARIOS}
     graded = [n for n in plan if plan[n]]
     for workers in (1, 2, 3, 10):
         shards = grading._shards(plan, workers)
@@ -134,7 +134,7 @@ def test_shards_cover_every_assignment_once_and_balance():
         assert sorted(n for shard in shards for n in shard) == graded, "each assignment with students, once"
         assert all(shard == sorted(shard) for shard in shards), "a shard grades in course order"
         loads = [sum(len(plan[n]) for n in shard) for shard in shards]
-        assert max(loads) - min(loads) <= len(grading.SCENARIOS), loads
+        assert max(loads) - min(loads) <= len(submissions.SCENARIOS), loads
     assert not any({"00-a", "04-e"} <= set(shard) for shard in grading._shards(plan, 2)), "the big two apart"
     with pytest.raises(ValueError, match="workers"):
         grading.run_class(course.ROOT / ".no-such-class", ["00-welcome"], workers=0)
@@ -187,9 +187,9 @@ def test_merging_shards_gives_the_union(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", NAMES)
 def test_fabricated_submissions(fresh, name):
     solution, released = _solution(name), _released(name, fresh)
-    lay = grading.layout(solution, name)
-    subs = {s.student: s for s in grading.fabricate(name, solution, released)}
-    assert set(subs) == set(grading.SCENARIOS)
+    lay = submissions.layout(solution, name)
+    subs = {s.student: s for s in submissions.fabricate(name, solution, released)}
+    assert set(subs) == set(submissions.SCENARIOS)
     assert subs["perfect"].expected_total == lay.total > 0
     assert subs["blank"].expected_total == 0, "every graded test must fail on the student version"
     assert subs["blank"].nb.cells == released.cells
@@ -240,7 +240,7 @@ def test_exact_score(klass, name, student):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_full_marks_for_perfect_zero_for_blank(klass, name):
-    total = grading.layout(_solution(name, klass.course_dir), name).total
+    total = submissions.layout(_solution(name, klass.course_dir), name).total
     assert klass.exported[("perfect", name)] == total
     assert klass.exported[("blank", name)] == 0
 
@@ -277,14 +277,14 @@ def test_the_timeout_stops_the_loop_and_grading_goes_on(klass, name):
     code = [c for c in nb.cells if c.cell_type == "code"]
     hung = [i for i, c in enumerate(code) if _timeout_error(c)]
     assert len(hung) == 1, f"expected exactly the looping cell to time out, got cells {hung}"
-    assert grading.LOOP.split("\n")[0] in code[hung[0]].source
+    assert submissions.LOOP.split("\n")[0] in code[hung[0]].source
     after = [c for c in code[hung[0] + 1:] if c.execution_count is None]
     assert not after, f"{len(after)} cells after the loop were not executed"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in NAMES if len(grading.layout(_solution(n), n).exercises) == 1
-                                  and n in grading.VISIBLE_ONLY])
+@pytest.mark.parametrize("name", [n for n in NAMES if len(submissions.layout(_solution(n), n).exercises) == 1
+                                  and n in submissions.VISIBLE_ONLY])
 def test_visible_only_solution_fails_in_the_hidden_tests(klass, name):
     """The partial student of a one-exercise notebook passes the visible tests: only the
     hidden tests (restored by nbgrader) catch it."""
@@ -305,22 +305,22 @@ def test_feedback_never_shows_hidden_tests(klass):
     leaked, detector_works = {}, False
     for name in NAMES:
         solution, released = _solution(name, klass.course_dir), _released(name, klass.course_dir)
-        if not grading.hidden_lines(solution, released):
+        if not feedback.hidden_lines(solution, released):
             continue
         for student in PLAN[name]:
             page = klass.feedback(student, name).read_text()
-            found = grading.leaks(page, solution, released)
+            found = feedback.leaks(page, solution, released)
             if found:
                 leaked[f"{name}/{student}"] = found[:3]
             visible = next(c for c in released.cells if c.metadata.get("nbgrader", {}).get("grade"))
             first = visible.source.strip().split("\n")[0].strip()
-            assert first in grading.html_text(page), f"{name}/{student}: the visible tests are missing from the feedback"
+            assert first in feedback.html_text(page), f"{name}/{student}: the visible tests are missing from the feedback"
         # nbgrader's default feedback (plain HTML of the autograded notebook) does leak: the check can see it
         from nbconvert import HTMLExporter
         plain, _ = HTMLExporter().from_notebook_node(nbformat.read(klass.autograded("partial", name), as_version=4))
-        detector_works |= bool(grading.leaks(plain, solution, released))
+        detector_works |= bool(feedback.leaks(plain, solution, released))
     assert not leaked, f"hidden test source in the feedback: {leaked}"
-    assert grading.check_feedback(klass.course_dir) == {}, "the instructors' check disagrees"
+    assert feedback.check_feedback(klass.course_dir) == {}, "the instructors' check disagrees"
     assert detector_works, "the leak check found nothing even in nbgrader's unfiltered HTML"
 
 

@@ -11,10 +11,9 @@ from bertlab.model import (
     BertForPreTraining,
     BertModel,
     extended_attention_mask,
-    load_checkpoint_state_dict,
     scaled_dot_product_attention,
 )
-from bertlab.pretrained import default_model_dir, load_encoder, load_tokenizer
+from bertlab.pretrained import default_model_dir, load_checkpoint_state_dict, load_encoder, load_tokenizer
 
 ATOL = 1e-5
 REPORTS = [

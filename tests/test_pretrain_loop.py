@@ -9,11 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from bertlab import cache, train
+from bertlab import cache, plots, train
 from bertlab import pretrain_loop as pl
+from bertlab.artifacts_pretraining import checkpoint_with_mlm_head, head_config
 from bertlab.data import domain_corpus
 from bertlab.model import BertConfig, BertForPreTraining
+from bertlab.plots import LivePlot
 from bertlab.pretraining import IGNORE_INDEX, PretrainingCollator, mlm_loss, nsp_pairs
+from bertlab.vocab import SPECIAL_TOKENS, train_wordpiece
 
 V_DOMAIN = 300
 
@@ -30,7 +33,7 @@ def texts(docs):
 
 @pytest.fixture(scope="module")
 def tok(texts):
-    return pl.train_wordpiece(texts, V_DOMAIN)
+    return train_wordpiece(texts, V_DOMAIN)
 
 
 def tiny_model(vocab_size, seed=0):
@@ -52,9 +55,9 @@ def batches(docs, tok):
 
 def test_wordpiece_has_the_asked_size_and_bert_special_tokens(tok):
     assert len(tok) == V_DOMAIN
-    assert [tok.convert_tokens_to_ids(t) for t in pl.SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
     assert tok.pad_token_id == 0 and tok.mask_token_id == 4
-    learnt = tok.convert_ids_to_tokens(list(range(len(pl.SPECIAL_TOKENS), V_DOMAIN)))
+    learnt = tok.convert_ids_to_tokens(list(range(len(SPECIAL_TOKENS), V_DOMAIN)))
     assert learnt == sorted(learnt), "learnt tokens must be in sorted order (stable ids)"
 
 
@@ -71,11 +74,11 @@ def test_wordpiece_encodes_pairs_like_bert(tok):
 
 def test_wordpiece_rejects_too_large_vocab_and_bad_text(texts):
     with pytest.raises(ValueError, match="vocab_size"):
-        pl.train_wordpiece(texts[:20], 100_000)
+        train_wordpiece(texts[:20], 100_000)
     with pytest.raises(ValueError, match="vocab_size"):
-        pl.train_wordpiece(texts, 3)
+        train_wordpiece(texts, 3)
     with pytest.raises(TypeError, match="texts"):
-        pl.train_wordpiece("one string", 100)
+        train_wordpiece("one string", 100)
 
 
 # --- measurements -------------------------------------------------------------------------------------
@@ -83,7 +86,7 @@ def test_wordpiece_rejects_too_large_vocab_and_bad_text(texts):
 
 def test_unigram_baseline_hand_computed():
     vocab = ["a", "b", "c"]
-    tok = pl.train_wordpiece(["a b a", "a c"], len(pl.SPECIAL_TOKENS) + len(vocab))
+    tok = train_wordpiece(["a b a", "a c"], len(SPECIAL_TOKENS) + len(vocab))
     a, b, c = (tok.convert_tokens_to_ids(t) for t in vocab)
     # counts a=3, b=1, c=1 plus one for every one of the 8 ids: q(a) = 4/13, q(b) = 2/13
     labels = torch.tensor([[IGNORE_INDEX, a, b, IGNORE_INDEX]])
@@ -174,12 +177,12 @@ def test_pretrain_runs_fits_schedule_and_no_decay_groups(tok, docs, monkeypatch)
 def test_pretrain_redraws_the_live_plot_after_each_evaluation(tok, batches, monkeypatch):
     drawn = []
 
-    class Spy(pl.LivePlot):
+    class Spy(LivePlot):
         def update(self, result):
             drawn.append((self.panels, [r["step"] for r in result.history]))
             super().update(result)
 
-    monkeypatch.setattr(pl, "LivePlot", Spy)
+    monkeypatch.setattr(plots, "LivePlot", Spy)
     pl.pretrain(tiny_model(len(tok)), batches, 6, eval_batches=batches[:1], eval_every=2, progress=False)
     assert [steps for _, steps in drawn] == [[2], [2, 4], [2, 4, 6]]
     assert [key for key, _ in drawn[0][0]] == ["mlm_loss", "mlm_acc", "nsp_acc"]
@@ -215,7 +218,7 @@ def test_steps_per_second_is_positive(tok, batches, masked_only):
 def test_live_plot_draws_without_a_notebook(capsys):
     result = train.TrainResult(history=[{"step": 1, "train_mlm_loss": 5.0, "val_mlm_loss": 4.0, "val_mlm_acc": 0.1,
                                          "val_nsp_acc": 0.5}])
-    plot = pl.LivePlot({"mlm_loss": 5.5, "mlm_acc": 0.05, "nsp_acc": 0.5}, nsp=True)
+    plot = LivePlot({"mlm_loss": 5.5, "mlm_acc": 0.05, "nsp_acc": 0.5}, nsp=True)
     plot.update(result)
     plot.update(result)
     assert len(plot.axes) == 3 and plot.axes[2].get_title() == "NSP accuracy"
@@ -230,7 +233,7 @@ def test_live_plot_works_without_ipython_installed(monkeypatch):
     for name in ("IPython", "IPython.display"):
         monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
     result = train.TrainResult(history=[{"step": 1, "train_mlm_loss": 5.0, "val_mlm_loss": 4.0, "val_mlm_acc": 0.1}])
-    plot = pl.LivePlot({"mlm_loss": 5.5}, nsp=False)
+    plot = LivePlot({"mlm_loss": 5.5}, nsp=False)
     plot.update(result)
     assert plot.axes[0].lines, "the curves are still drawn on plot.fig"
 
@@ -290,20 +293,20 @@ def test_train_mlm_head_trains_only_the_head(tok, texts):
 
 
 def test_head_config_names_the_checkpoint_and_rejects_unknown_settings():
-    cfg = pl.head_config(steps=3)
+    cfg = head_config(steps=3)
     assert cfg["checkpoint"] == "all-MiniLM-L6-v2" and cfg["steps"] == 3
-    assert cache.key("mlm-head", cfg) != cache.key("mlm-head", pl.head_config())
+    assert cache.key("mlm-head", cfg) != cache.key("mlm-head", head_config())
     with pytest.raises(ValueError, match="unknown"):
-        pl.head_config(stepz=3)
+        head_config(stepz=3)
 
 
 def test_checkpoint_with_mlm_head_trains_once_then_loads_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv(cache.ENV_VAR, str(tmp_path))
-    cfg = pl.head_config(corpus_docs=8, steps=4, batch_positions=16)
-    model, tok, info = pl.checkpoint_with_mlm_head(cfg, progress=False)
+    cfg = head_config(corpus_docs=8, steps=4, batch_positions=16)
+    model, tok, info = checkpoint_with_mlm_head(cfg, progress=False)
     assert not info["cached"] and info["sentences"] > 10 and len(info["eval"]) == 1
     assert len(tok) == 30522 and not model.training
-    again, _, info2 = pl.checkpoint_with_mlm_head(cfg, progress=False)
+    again, _, info2 = checkpoint_with_mlm_head(cfg, progress=False)
     assert info2["cached"] and info2["eval"] == info["eval"]
     for k in pl.HEAD_KEYS:
         assert torch.equal(model.state_dict()[k], again.state_dict()[k]), k
@@ -312,4 +315,4 @@ def test_checkpoint_with_mlm_head_trains_once_then_loads_from_the_cache(tmp_path
     assert torch.equal(fresh.state_dict()["bert.encoder.layer.5.output.dense.weight"],
                        again.state_dict()["bert.encoder.layer.5.output.dense.weight"]), "the encoder must stay frozen"
     with pytest.raises(ValueError, match="unknown"):
-        pl.checkpoint_with_mlm_head({**cfg, "stepz": 1})
+        checkpoint_with_mlm_head({**cfg, "stepz": 1})

@@ -547,7 +547,7 @@ def _check_choice(name: str, value, allowed: tuple) -> str:
 @contextlib.contextmanager
 def _no_gc():
     # Reports hold no reference cycles, but the cyclic collector still walks
-    # every new container: pausing it makes bulk generation about a third faster.
+    # every new container: pausing it makes bulk generation faster.
     was = gc.isenabled()
     gc.disable()
     try:
