@@ -140,6 +140,26 @@ def test_shards_cover_every_assignment_once_and_balance():
         grading.run_class(course.ROOT / ".no-such-class", ["00-welcome"], workers=0)
 
 
+def test_grading_workers_share_the_cores(tmp_path, monkeypatch):
+    """A worker's nbgrader (and so its kernels) runs with OMP_NUM_THREADS = its share of the
+    cores, which torch takes as its thread count; without ``threads`` the environment is the grader's."""
+    seen, real_popen = [], subprocess.Popen
+
+    def popen(cmd, **kwargs):
+        seen.append(kwargs["env"])
+        return real_popen(cmd, **kwargs)
+
+    monkeypatch.setattr(grading.subprocess, "Popen", popen)
+    for threads in (1, None):
+        proc, _ = grading._nbgrader_cpu(tmp_path, "--version", threads=threads)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert seen[0]["OMP_NUM_THREADS"] == "1"
+    assert seen[1].get("OMP_NUM_THREADS") == os.environ.get("OMP_NUM_THREADS")
+    script = "import torch; print(torch.get_num_threads())"
+    out = subprocess.run([sys.executable, "-c", script], env=seen[0], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "1", f"a kernel with OMP_NUM_THREADS=1 runs torch on {out.strip()} threads"
+
+
 @pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")  # nbgrader's add_submission: see grading._merge
 def test_merging_shards_gives_the_union(tmp_path, monkeypatch):
     """Two graded shards (copies of one course, tiny files, scores written with nbgrader's API)

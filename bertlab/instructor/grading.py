@@ -51,8 +51,12 @@ def nbgrader(course_dir: Path, *args: str, check: bool = True) -> subprocess.Com
     return proc
 
 
-def _nbgrader_cpu(course_dir: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+def _nbgrader_cpu(course_dir: Path, *args: str, threads: int | None = None) -> tuple[subprocess.CompletedProcess, float]:
     """Run an nbgrader command; return its result and the CPU seconds it and its kernels used.
+
+    ``threads``: torch threads of each kernel (OMP_NUM_THREADS), so that workers grading at
+    once share the cores instead of each spinning one thread per core (on a busy machine
+    that oversubscription slows a small model several times: benchmarks/grading.py).
 
     The venv's bin/ goes first on PATH: nbgrader runs the ``alembic`` executable when it
     creates a gradebook, and fails with "No such file or directory: 'alembic'" without it.
@@ -60,6 +64,8 @@ def _nbgrader_cpu(course_dir: Path, *args: str) -> tuple[subprocess.CompletedPro
     runs of the other grading workers that ended meanwhile.
     """
     env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, "-m", "nbgrader", *args]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         child = subprocess.Popen(cmd, cwd=course_dir, stdout=out, stderr=err, env=env)
@@ -227,13 +233,14 @@ def _merge(course_dir: Path, shard_dir: Path, names: list[str]) -> None:
         dst.db.commit()
 
 
-def _grade(course_dir: Path, name: str, students: tuple[str, ...], run: ClassRun, log) -> None:
+def _grade(course_dir: Path, name: str, students: tuple[str, ...], run: ClassRun, log, threads: int | None = None) -> None:
     """Autograde one assignment in ``course_dir`` (the course or a shard of it) and generate its
-    feedback; record the times, exit status and logs in ``run`` (each worker its own keys)."""
+    feedback; record the times, exit status and logs in ``run`` (each worker its own keys).
+    ``threads``: torch threads per kernel (None: torch's default, one per core)."""
     start = time.time()
     # nbgrader grades the other students when one fails and exits 1 at the end: record it,
     # and let the callers see which submissions were not graded
-    proc, cpu = _nbgrader_cpu(course_dir, "autograde", name, "--force")
+    proc, cpu = _nbgrader_cpu(course_dir, "autograde", name, "--force", threads=threads)
     seconds = time.time() - start
     run.autograde_rc[name] = proc.returncode
     run.autograde_seconds[name] = seconds
@@ -282,11 +289,14 @@ def run_class(course_dir: Path, names: list[str] | None = None, scenarios=SCENAR
     write_submissions(course_dir, subs)
     shards = _shards(plan, workers)
     run = ClassRun(course_dir, subs, workers=max(len(shards), 1))
-    log(f"grading {len(subs)} submissions with {run.workers} worker(s): {shards}")
+    # each worker's kernels get their share of the cores
+    threads = max(1, (os.cpu_count() or 1) // len(shards)) if len(shards) > 1 else None
+    log(f"grading {len(subs)} submissions with {run.workers} worker(s)"
+        + (f", {threads} torch thread(s) per kernel" if threads else "") + f": {shards}")
 
     def grade(folder: Path, shard: list[str]) -> None:
         for name in shard:
-            _grade(folder, name, plan[name], run, log)
+            _grade(folder, name, plan[name], run, log, threads)
 
     start = time.time()
     if len(shards) > 1:
