@@ -228,11 +228,17 @@ def test_fabricated_submissions(fresh, name):
 
 # --------------------------------------------------------------------------- slow: the class
 @pytest.fixture(scope="module")
-def klass(tmp_path_factory):
-    """The class of PLAN, autograded once (minutes)."""
+def klass(tmp_path_factory, pytestconfig):
+    """The class of PLAN, autograded once (minutes). Its log (seconds per submission of each
+    notebook) goes to the terminal, like the course's table of wall times: CI's record of both."""
     assert "NBGRADER_EXECUTION" not in os.environ
-    return grading.run_class(tmp_path_factory.mktemp("class"), NAMES, scenarios=PLAN,
-                             log=lambda msg: print(msg, file=sys.stderr))
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+
+    def log(msg):
+        with capture.global_and_fixture_disabled():
+            print(f"\n[class] {msg}", flush=True)
+
+    return grading.run_class(tmp_path_factory.mktemp("class"), NAMES, scenarios=PLAN, log=log)
 
 
 @pytest.mark.slow
