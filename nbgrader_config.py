@@ -38,6 +38,25 @@ c.IgnorePattern.pattern = r"(?i)warn|\d+%\|"
 # from the gradebook, deleted ones only with this option (default False).
 c.OverwriteCells.add_missing_cells = True
 
+# A learner's cells run in the same kernel as the tests: bertlab.instructor.integrity.GuardedExecute
+# (nbgrader's Execute, configured by c.Execute above) scans the learner's cells for tampering
+# (input transformers, patched helpers or builtins, reading solutions/, writing outside the
+# folder...) and zeroes the test cells after a finding, resets the kernel state a learner can
+# change before each test cell, and zeroes a test cell that did not run to its end. Every finding
+# is in the grading log ("Integrity:") and in the test cell's output (the grade report and the
+# feedback). Each kernel runs in a sandbox (bertlab.instructor.sandbox: bubblewrap + prlimit,
+# limits in c.Sandbox.*); the log says which isolation each submission got ("Sandbox:").
+# docs/instructors.md, "Grading safely", says what it stops and what it does not.
+c.Autograde.autograde_preprocessors = [
+    "bertlab.instructor.integrity.GuardedExecute",
+    "nbgrader.preprocessors.IgnorePattern",
+    "nbconvert.preprocessors.ClearMetadataPreprocessor",
+    "nbgrader.preprocessors.LimitOutput",
+    "nbgrader.preprocessors.SaveAutoGrades",
+    "nbgrader.preprocessors.AssignLatePenalties",
+    "nbgrader.preprocessors.CheckCellMetadata",
+]
+
 # Feedback is rendered from the autograded notebook, in which the hidden tests were put back:
 # by default the feedback shows their source, and the traceback of a failing hidden test
 # quotes it. bertlab.instructor.feedback.HideHiddenTests removes both (tests/test_grading.py checks it).

@@ -15,7 +15,7 @@ import sys
 import nbformat
 import pytest
 
-from bertlab.instructor import course, feedback, grading, submissions
+from bertlab.instructor import course, feedback, grading, integrity, submissions
 
 NAMES = grading.class_names() or course.assignments()  # $BERTLAB_CLASS limits the simulated class
 PLAN = grading.class_plan(NAMES)  # every scenario on some notebooks, the core ones on the rest
@@ -52,6 +52,31 @@ def test_course_config_for_trustworthy_grading():
     assert cfg.OverwriteCells.add_missing_cells, "a deleted test cell must be added back and graded"
     assert "bertlab.instructor.feedback.HideHiddenTests" in cfg.GenerateFeedback.preprocessors, "feedback must hide hidden tests"
     assert cfg.IgnorePattern.enabled
+    steps = list(cfg.Autograde.autograde_preprocessors)
+    assert steps[0] == "bertlab.instructor.integrity.GuardedExecute", "autograde must scan, reset and check markers"
+    assert not any(str(x).endswith(".Execute") for x in steps), "nbgrader's plain Execute must not run as well"
+    assert "nbgrader.preprocessors.SaveAutoGrades" in steps and "nbgrader.preprocessors.IgnorePattern" in steps
+
+
+def test_learner_and_instructor_labs():
+    """`make lab` puts .jupyter/learner on JUPYTER_CONFIG_PATH (no instructor panels, no news pop-up),
+    `make lab-instructor` .jupyter/instructor (every nbgrader panel)."""
+    def page_config(who):
+        return json.loads((course.ROOT / ".jupyter" / who / "labconfig" / "page_config.json").read_text())["disabledExtensions"]
+
+    for target, who in (("lab", "learner"), ("lab-instructor", "instructor")):
+        proc = subprocess.run(["make", "-n", target], cwd=course.ROOT, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert f'JUPYTER_CONFIG_PATH="{course.ROOT}/.jupyter/{who}' in proc.stdout, proc.stdout
+        assert page_config(who)["@jupyterlab/apputils-extension:announcements"] is True, "no news pop-up"
+    learner = page_config("learner")
+    for plugin in ("create-assignment", "formgrader", "course-list"):
+        assert learner[f"@jupyter/nbgrader:{plugin}"] is True, f"the learner sees {plugin}"
+    assert not any(k in learner for k in ("@jupyter/nbgrader:validate-assignment", "@jupyter/nbgrader:assignment-list",
+                                          "@jupyter/nbgrader:menu")), "the learner keeps Validate and Assignments"
+    assert not any("nbgrader" in k for k in page_config("instructor")), "the instructor keeps every panel"
+    server = json.loads((course.ROOT / ".jupyter" / "learner" / "jupyter_server_config.json").read_text())
+    assert server["ServerApp"]["jpserver_extensions"]["nbgrader.server_extensions.formgrader"] is False
 
 
 def _stderr_of(code):
@@ -112,11 +137,13 @@ def test_feedback_preprocessor_hides_hidden_source_and_traceback():
 def test_class_plan():
     names = ["00-welcome", "04-finetuning", "07-other"]
     plan = grading.class_plan(names, full=False)
-    assert plan["00-welcome"] == plan["04-finetuning"] == submissions.SCENARIOS
+    assert plan["04-finetuning"] == submissions.SCENARIOS
+    assert plan["00-welcome"] == submissions.SCENARIOS + submissions.HOSTILE_SCENARIOS, "the hostile class on 00"
+    assert set(grading.HOSTILE_NOTEBOOKS) <= set(submissions.WRONG), "a hostile notebook needs a WRONG answer"
     assert plan["07-other"] == grading.CORE_SCENARIOS
     assert set(grading.CORE_SCENARIOS) < set(submissions.SCENARIOS)
     assert {"perfect", "blank"} <= set(grading.CORE_SCENARIOS), "test_notebooks.py skips validate for them"
-    assert all(v == submissions.SCENARIOS for v in grading.class_plan(names, full=True).values())
+    assert all(v[:len(submissions.SCENARIOS)] == submissions.SCENARIOS for v in grading.class_plan(names, full=True).values())
     assert grading.class_plan(["07-other"], full=False) == {"07-other": submissions.SCENARIOS}, "one notebook asked for: all"
     assert set(grading.FULL_CLASS_NOTEBOOKS) <= set(course.assignments()), "FULL_CLASS_NOTEBOOKS names a missing notebook"
     with pytest.raises(ValueError, match="unknown"):
@@ -416,3 +443,202 @@ def test_nbgrader_validate_cli_reports_what_the_learner_needs(folder, passes):
     else:
         assert "VALIDATION FAILED" in out, out[-3000:]
         assert "NotImplementedError" in out, "the report should show which exercise is not done"
+
+
+# --------------------------------------------------------------------------- fast: integrity
+def test_scan_finds_every_trick_and_nothing_in_honest_work():
+    """The static scan (bertlab.instructor.integrity) reports each hostile trick and nothing in the
+    honest students' cells, nor in any instructor notebook's cells."""
+    name = "00-welcome"
+    sol, rel = _solution(name), nbformat.read(course.ROOT / "notebooks" / name / f"{name}.ipynb", as_version=4)
+    ins = integrity.instructor_sources(sol) | integrity.instructor_sources(rel)
+    for s in submissions.fabricate(name, sol, rel, submissions.ALL_SCENARIOS):
+        found = integrity.scan(s.nb, ins)
+        if s.student in submissions.HOSTILE_SCENARIOS:
+            assert found, f"{s.student}: the scan found nothing"
+        else:
+            assert not found, f"{s.student} (honest) flagged: {[str(f) for f in found]}"
+    for n in course.assignments():
+        nb = _solution(n)
+        own = integrity.instructor_sources(nb)
+        assert integrity.scan(nb, own) == [], f"{n}: an instructor cell counted as the learner's"
+        solved = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution") and c.cell_type == "code"]
+        for c in solved:  # the solutions, as a learner would hand them in
+            assert integrity.scan_source(c.source) == [], f"{n}: the solution {_grade_id(c)} is flagged"
+    for source in ("import sys\nsys.settrace(lambda *a: None)", "sys.setprofile(f)",
+                   "open('../../../gradebook.db', 'wb')", "open(p, mode='a').write('x')",
+                   "import os\nos.chdir('/')", "get_ipython().ast_transformers.append(t)",
+                   "class A:\n    def __eq__(self, other):\n        return True",
+                   "__builtins__.abs = lambda x: 0", "import builtins\nbuiltins.AssertionError = Exception",
+                   "from pathlib import Path\nPath('x').write_text('y')", "!rm -rf ~", "exec(code)",
+                   "get_ipython().events.register('pre_run_cell', f)", "import socket"):
+        assert integrity.scan_source(source), f"not flagged: {source!r}"
+
+
+def _graded(source, gid="t"):
+    return nbformat.v4.new_code_cell(source, metadata={"nbgrader": {
+        "grade": True, "grade_id": gid, "points": 1, "solution": False, "locked": True, "schema_version": 3}})
+
+
+def _guarded_run(tmp_path, cells, **settings):
+    """Run GuardedExecute (as nbgrader autograde does) on a small notebook in a course folder
+    ``tmp_path``; the kernel's folder is autograded/learner/a."""
+    from traitlets.config import Config
+
+    folder = tmp_path / "autograded" / "learner" / "a"
+    folder.mkdir(parents=True)
+    (tmp_path / "solutions" / "a").mkdir(parents=True)
+    (tmp_path / "solutions" / "a" / "key.txt").write_text("the answer key")
+    (tmp_path / "gradebook.db").write_text("grades")
+    cfg = Config()
+    cfg.CourseDirectory.root = str(tmp_path)
+    cfg.CourseDirectory.source_directory = "solutions"  # as the course names it
+    cfg.Execute.timeout = 60
+    for k, v in settings.items():
+        setattr(cfg.GuardedExecute, k, v)
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    pp = integrity.GuardedExecute(config=cfg)
+    nb, _ = pp.preprocess(nb, {"metadata": {"path": str(folder)},
+                                "nbgrader": {"student": "learner", "assignment": "a", "notebook": "a"}})
+    return nb
+
+
+def _errors(cell):
+    return [o.get("ename") for o in cell.outputs if o.get("output_type") == "error"]
+
+
+def test_guarded_execute_resets_the_kernel_and_checks_markers(tmp_path):
+    """Without the scan, the kernel reset and the end-of-cell marker still stop the tricks; with
+    it, the test cells after a tampering cell get 0 and say why. Honest cells are untouched."""
+    wrong = "def f(x):\n    return 0  # wrong: should be x"
+    transformer = ("get_ipython().input_transformers_post.append("
+                   "lambda lines: ['pass\\n'] if any('assert' in l for l in lines) else lines)")
+    blank_all = "get_ipython().input_transformers_post.append(lambda lines: ['pass\\n'])"
+    patched = "import builtins\nbuiltins.AssertionError = type('Nope', (Exception,), {})"
+    nb = _guarded_run(tmp_path, [nbformat.v4.new_code_cell(wrong), nbformat.v4.new_code_cell(transformer),
+                                 _graded("assert f(1) == 1, 'f(1)'\nprint('visible tests passed')", "t1"),
+                                 nbformat.v4.new_code_cell(patched),
+                                 _graded("assert AssertionError.__name__ == 'AssertionError'", "t2"),
+                                 nbformat.v4.new_code_cell("import sys\nsys.settrace(lambda *a: None)"),
+                                 _graded("import sys\nassert sys.gettrace() is None, 'trace on'", "t4"),
+                                 nbformat.v4.new_code_cell(blank_all),
+                                 _graded("print('ok')", "t3")],
+                      scan_enabled=False)
+    assert [c.source for c in nb.cells if integrity.GUARD_TAG in c.metadata.get("tags", [])] == []
+    t1, t2, t4, t3 = (c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade"))
+    assert _errors(t4) == [], "the trace function was turned off before the test"
+    assert _errors(t1) == ["AssertionError"], "the reset removed the transformer: the wrong answer fails"
+    assert _errors(t2) == [], "builtins were restored before the test"
+    assert _errors(t3) == [integrity.ENAME], "a test cell rewritten to `pass` has no marker"
+    assert "did not run to its end" in t3.outputs[0]["evalue"]
+    assert not any("bertlab-graded-" in json.dumps(c.outputs) for c in nb.cells), "the marker is removed"
+    assert t2.source == "assert AssertionError.__name__ == 'AssertionError'", "the test's source is restored"
+
+    honest = _guarded_run(tmp_path / "honest", [nbformat.v4.new_code_cell("def f(x):\n    return x"),
+                                                _graded("assert f(1) == 1\nprint('visible tests passed')")])
+    (t,) = [c for c in honest.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    assert _errors(t) == [] and t.outputs[0]["text"] == "visible tests passed\n"
+    from nbgrader.utils import determine_grade
+    assert determine_grade(t)[0] == 1
+
+    scanned = _guarded_run(tmp_path / "scanned", [nbformat.v4.new_code_cell("def f(x):\n    return x"),
+                                                  _graded("assert f(1) == 1", "t0"),
+                                                  nbformat.v4.new_code_cell(transformer),
+                                                  _graded("assert f(2) == 2", "t1")])
+    t0, t1 = (c for c in scanned.cells if c.metadata.get("nbgrader", {}).get("grade"))
+    assert _errors(t0) == [], "a test before the tampering cell keeps its points"
+    assert _errors(t1)[0] == integrity.ENAME and "input transformer" in t1.outputs[0]["evalue"]
+    assert determine_grade(t1)[0] == 0
+
+
+def test_sandbox_hides_the_graders_files():
+    """In the sandbox the kernel sees no solutions/ or gradebook and writes only its own folder;
+    where bubblewrap cannot run here, the grading log must say so (never silently unsandboxed).
+    The course is in /var/tmp: the sandbox gives the kernel a /tmp of its own."""
+    import tempfile
+    from pathlib import Path
+
+    from bertlab.instructor import sandbox
+
+    with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="bertlab-sandbox-") as tmp:
+        _sandbox_probe(Path(tmp), sandbox)
+
+
+def _sandbox_probe(tmp_path, sandbox):
+    probe = ("import pathlib, os\n"
+             "root = pathlib.Path.cwd().parents[2]\n"
+             "print('key', (root / 'solutions' / 'a' / 'key.txt').exists())\n"
+             "try:\n    print('gradebook', (root / 'gradebook.db').read_text() == 'grades')\n"
+             "except OSError as e:\n    print('gradebook', False, type(e).__name__)\n"
+             "try:\n    (root / 'escaped.txt').write_text('x'); print('wrote outside')\n"
+             "except OSError as e:\n    print('write outside refused', type(e).__name__)\n"
+             "from jupyter_core.paths import jupyter_runtime_dir\n"
+             "print('runtime', len(list(pathlib.Path(jupyter_runtime_dir()).glob('*.json'))))\n"
+             "pathlib.Path('mine.txt').write_text('x'); print('own folder ok')")
+    nb = _guarded_run(tmp_path, [nbformat.v4.new_code_cell(probe)], scan_enabled=False)
+    text = "".join(o.get("text", "") for o in nb.cells[0].outputs)
+    assert "own folder ok" in text, text
+    if sandbox.mechanism() == "bwrap":
+        assert "key False" in text and "gradebook False" in text and "write outside refused" in text, text
+        assert not (tmp_path / "escaped.txt").exists()
+        assert "runtime 0" in text, "other kernels' connection files (their keys) must be hidden"
+        assert sandbox.describe().startswith("Sandbox: bubblewrap")
+    else:
+        assert "NOT SANDBOXED" in sandbox.describe()
+
+
+def test_sandboxed_kernel_is_interrupted_at_the_cell_timeout(tmp_path):
+    """The cell timeout still interrupts a loop in the sandboxed kernel (by a message on the
+    control channel: a SIGINT would also stop bubblewrap), and the next cells run."""
+    from traitlets.config import Config
+
+    cfg = Config()
+    cfg.CourseDirectory.root = str(tmp_path)
+    cfg.Execute.timeout = 3
+    cfg.Execute.iopub_timeout = 60  # as the course (nbgrader_config.py): the machine may be busy
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("while True:\n    pass"),
+                                         _graded("print('after the loop')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb, _ = integrity.GuardedExecute(config=cfg).preprocess(nb, {"metadata": {"path": str(tmp_path)}})
+    assert "CellTimeoutError" in _errors(nb.cells[0])
+    assert _errors(nb.cells[1]) == [] and nb.cells[1].outputs[0]["text"] == "after the loop\n"
+
+
+# --------------------------------------------------------------------------- slow: hostile students
+HOSTILE = [(a, s) for a, s in PAIRS if s in submissions.HOSTILE_SCENARIOS]
+
+
+def _flags(nb):
+    return [o for c in nb.cells for o in c.get("outputs", [])
+            if o.get("output_type") == "error" and o.get("ename") == integrity.ENAME]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,student", HOSTILE, ids=[f"{a}/{s}" for a, s in HOSTILE])
+def test_hostile_submission_gets_zero_and_a_flag(klass, name, student):
+    """0 for the exercise it cheats on (test_exact_score), and the reason in the graded test cell,
+    the feedback and the grading log."""
+    assert klass.exported[(student, name)] == 0
+    nb = nbformat.read(klass.autograded(student, name), as_version=4)
+    assert _flags(nb), f"{name}/{student}: no {integrity.ENAME} in the autograded notebook"
+    assert "tampers with grading" in feedback.html_text(klass.feedback(student, name).read_text())
+    assert f"Integrity: {student}:" in klass.logs[f"autograde {name}"]
+
+
+@pytest.mark.slow
+def test_honest_students_are_never_flagged_and_the_sandbox_is_logged(klass):
+    from bertlab.instructor import sandbox
+
+    for s in klass.submissions:
+        if s.student in submissions.HOSTILE_SCENARIOS:
+            continue
+        nb = nbformat.read(klass.autograded(s.student, s.assignment), as_version=4)
+        assert not _flags(nb), f"{s.assignment}/{s.student} (honest) was flagged: {_flags(nb)}"
+        assert f"Integrity: {s.student}:" not in klass.logs[f"autograde {s.assignment}"]
+    logs = "\n".join(v for k, v in klass.logs.items() if k.startswith("autograde"))
+    assert "Sandbox: " in logs, "the grading log must say how submissions were isolated"
+    if sandbox.mechanism() == "bwrap":
+        assert not (klass.course_dir / submissions.HOSTILE_FILE).exists(), "a submission wrote into the course root"
+    else:
+        assert "NOT SANDBOXED" in logs

@@ -8,8 +8,10 @@ scenario must get. $BERTLAB_GRADE_WORKERS workers (default: one per CPU) grade s
 assignments at once, each in its own copy of the course, merged back before the export. The
 test (tests/test_grading.py) and the benchmark (benchmarks/grading.py) use the same functions.
 
-The students and the scores they must get: ``bertlab.instructor.submissions``. What their
-feedback may show: ``bertlab.instructor.feedback``.
+The students and the scores they must get: ``bertlab.instructor.submissions`` (the hostile
+students, who try to cheat the grader, on HOSTILE_NOTEBOOKS). What their feedback may show:
+``bertlab.instructor.feedback``. What stops the cheats: ``bertlab.instructor.integrity`` and
+``bertlab.instructor.sandbox``, which the course's nbgrader_config.py puts in ``nbgrader autograde``.
 
 The throwaway course uses a 60 s cell timeout (``CLASS_TIMEOUT``) so the infinite loop costs
 60 s, not the real course's 180 s; no cell of a notebook in grading mode may come near it, even
@@ -32,7 +34,7 @@ from pathlib import Path
 
 from bertlab.instructor import course
 from bertlab.instructor.feedback import check_feedback
-from bertlab.instructor.submissions import SCENARIOS, Submission, fabricate
+from bertlab.instructor.submissions import ALL_SCENARIOS, HOSTILE_SCENARIOS, SCENARIOS, WRONG, Submission, fabricate
 
 ROOT = course.ROOT
 
@@ -277,9 +279,9 @@ def run_class(course_dir: Path, names: list[str] | None = None, scenarios=SCENAR
         raise ValueError(f"workers: expected at least 1, got {workers}")
     names = list(names or course.assignments())
     plan = {n: tuple(scenarios.get(n, ())) if isinstance(scenarios, dict) else tuple(scenarios) for n in names}
-    unknown = sorted({s for v in plan.values() for s in v} - set(SCENARIOS))
+    unknown = sorted({s for v in plan.values() for s in v} - set(ALL_SCENARIOS))
     if unknown:
-        raise ValueError(f"scenarios: unknown {unknown}; known: {list(SCENARIOS)}")
+        raise ValueError(f"scenarios: unknown {unknown}; known: {list(ALL_SCENARIOS)}")
     names = make_course(course_dir, names, timeout)
     subs = []
     for name in names:
@@ -343,6 +345,9 @@ def report(run: ClassRun, out=print) -> list[str]:
 #: scenario on every notebook.
 FULL_CLASS_NOTEBOOKS = ("00-welcome", "04-finetuning")
 CORE_SCENARIOS = ("perfect", "blank", "partial")
+#: The hostile students (submissions.HOSTILE_SCENARIOS) hand in on these notebooks in the test
+#: suite; with $BERTLAB_FULL_CLASS, on every notebook with a wrong answer in submissions.WRONG.
+HOSTILE_NOTEBOOKS = ("00-welcome",)
 
 
 def class_plan(names: list[str], full: bool | None = None) -> dict[str, tuple[str, ...]]:
@@ -351,8 +356,12 @@ def class_plan(names: list[str], full: bool | None = None) -> dict[str, tuple[st
     one asked for, always gets every scenario."""
     if full is None:
         full = os.environ.get("BERTLAB_FULL_CLASS", "") not in ("", "0")
-    return {n: SCENARIOS if full or n in FULL_CLASS_NOTEBOOKS or len(names) == 1 else CORE_SCENARIOS
+    plan = {n: SCENARIOS if full or n in FULL_CLASS_NOTEBOOKS or len(names) == 1 else CORE_SCENARIOS
             for n in names}
+    for n in names:
+        if n in WRONG and (full or n in HOSTILE_NOTEBOOKS or len(names) == 1):
+            plan[n] = plan[n] + HOSTILE_SCENARIOS
+    return plan
 
 
 def class_names() -> list[str] | None:

@@ -24,6 +24,27 @@ out-of-order       all solved, but the last exercise's cell moved to the end of 
                    that session left in the cells
 =================  ==========================================================================
 
+The hostile students (:data:`HOSTILE_SCENARIOS`, on the notebooks of :data:`WRONG`) hand in a
+wrong answer (``WRONG``: it returns zeros) plus a trick in the exercise's cell, after the
+function, that would win the points without the defences of :mod:`bertlab.instructor.integrity`:
+
+=================  ==========================================================================
+hostile-helpers    replaces the assertion helpers of bertlab.check with ones that never fail
+hostile-transformer  an IPython input transformer turns every later cell with ``assert`` into
+                   ``pass``
+hostile-builtins   patches ``builtins.__import__`` so that importing bertlab.check hands the
+                   tests helpers that never fail
+hostile-equal      returns a tensor subclass whose comparisons (``torch.isclose``, ``==``)
+                   are always true
+hostile-answer-key reads the instructor's notebook from solutions/ on the grader's disk and
+                   runs its answer
+hostile-write      a correct answer, but writes a file next to the gradebook (outside its
+                   folder)
+=================  ==========================================================================
+
+Every hostile student must get 0 for the exercise it cheats on and a flag (a
+``GradingIntegrityError`` output) in that test cell; no honest student is ever flagged.
+
 Expected scores come from the test cells' points in the solution notebook: a test cell
 earns its points when every exercise up to and including its own is correct, else 0 (tests
 run top to bottom, so a test can use earlier exercises but never later ones). That is why a
@@ -36,6 +57,10 @@ from dataclasses import dataclass
 
 SCENARIOS = ("perfect", "blank", "partial", "syntax-error", "exception", "infinite-loop",
              "deleted-test", "edited-test", "stderr-warnings", "out-of-order")
+
+HOSTILE_SCENARIOS = ("hostile-helpers", "hostile-transformer", "hostile-builtins", "hostile-equal",
+                     "hostile-answer-key", "hostile-write")
+ALL_SCENARIOS = SCENARIOS + HOSTILE_SCENARIOS
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"
@@ -55,6 +80,59 @@ VISIBLE_ONLY: dict[str, dict[str, str]] = {
         ),
     },
 }
+
+#: A wrong answer (the body of the solution region) per assignment and exercise, handed in by the
+#: hostile students together with their trick.
+WRONG: dict[str, dict[str, str]] = {
+    "00-welcome": {"mean_pool": "return torch.zeros(last_hidden_state.shape[0], last_hidden_state.shape[-1])"},
+}
+
+#: The tricks, appended to the exercise's cell after the function; {exercise} is its grade_id,
+#: {assignment} the notebook.
+TRICKS = {
+    "hostile-helpers": """\
+import bertlab.check as _check  # the learner's trick: the tests' helpers never fail
+_check.assert_close = _check.assert_shape = lambda *args, **kwargs: None""",
+    "hostile-transformer": """\
+def _skip_asserts(lines):  # the learner's trick: every later cell with an assert becomes `pass`
+    return ["pass\\n"] if any("assert" in line for line in lines) else lines
+get_ipython().input_transformers_post.append(_skip_asserts)""",
+    "hostile-builtins": """\
+import builtins as _b  # the learner's trick: importing bertlab.check gives helpers that never fail
+_real_import = _b.__import__
+def _import(name, *args, **kwargs):
+    module = _real_import(name, *args, **kwargs)
+    if name.startswith("bertlab.check"):
+        module.assert_close = module.assert_shape = lambda *a, **k: None
+    return module
+_b.__import__ = _import""",
+    "hostile-equal": """\
+class _Agree(torch.Tensor):  # the learner's trick: a tensor whose comparisons always hold
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.isclose, torch.eq, torch.Tensor.__eq__):
+            return torch.ones(torch.as_tensor(args[0]).shape, dtype=torch.bool)
+        if func in (torch.equal, torch.allclose):
+            return True
+        return super().__torch_function__(func, types, args, kwargs or {{}})
+_wrong_{exercise} = {exercise}
+def {exercise}(*args, **kwargs):
+    return _wrong_{exercise}(*args, **kwargs).as_subclass(_Agree)""",
+    "hostile-answer-key": """\
+import json as _json, pathlib as _pl  # the learner's trick: run the answer key from the grader's disk
+for _up in _pl.Path.cwd().parents:
+    for _nb in _up.glob("solutions/{assignment}/*.ipynb"):
+        for _cell in _json.loads(_nb.read_text())["cells"]:
+            if _cell.get("metadata", {{}}).get("nbgrader", {{}}).get("grade_id") == "{exercise}":
+                exec("".join(_cell["source"]))""",
+    "hostile-write": """\
+import pathlib as _pl  # the learner's trick: a file next to the grader's gradebook
+for _up in _pl.Path.cwd().parents:
+    if (_up / "gradebook.db").exists():
+        (_up / "hostile-was-here.txt").write_text("written by a submission during grading")""",
+}
+#: The file hostile-write leaves in the course root when nothing stops it.
+HOSTILE_FILE = "hostile-was-here.txt"
 
 LOOP = "while True:  # the learner's loop never ends\n    pass\n"
 
@@ -273,7 +351,17 @@ def fabricate(assignment: str, solution_nb, released_nb, scenarios=SCENARIOS) ->
                 c.execution_count = len(code) - k
                 c.outputs = [nbformat.v4.new_output("stream", name="stdout", text="visible tests passed\n")]
             exp = lay.score(broken_last)
+        elif s in HOSTILE_SCENARIOS:
+            wrong = WRONG.get(assignment, {}).get(ex[last])
+            if wrong is None:
+                raise ValueError(f"{s}: no WRONG answer registered for {assignment}/{ex[last]}")
+            edit = solved(all_ids)
+            if s != "hostile-write":  # the others hand in the wrong answer
+                edit[ex[last]] = fill(sol[ex[last]].source, lambda body, indent: _indented(wrong, indent))
+            edit[ex[last]] += "\n\n" + TRICKS[s].format(exercise=ex[last], assignment=assignment)
+            nb, exp = build(edit), lay.score(broken_last)
+            note = "hostile: 0 and flagged"
         else:
-            raise ValueError(f"scenarios: unknown scenario {s!r}; known: {SCENARIOS}")
+            raise ValueError(f"scenarios: unknown scenario {s!r}; known: {ALL_SCENARIOS}")
         subs.append(Submission(s, assignment, nb, exp, note))
     return subs
