@@ -9,10 +9,14 @@ CONSTRAINTS := constraints.txt
 STAMP := $(VENV)/.installed
 # e.g. make lab LAB_ARGS="--no-browser --port=8890" on a remote machine
 LAB_ARGS ?=
+# torch's OpenMP threads wait for work passively (sleep, not spin): on 2 cores that anything else
+# also uses (a browser, a second kernel, the grader's workers), spinning threads slowed training
+# 3x (fine-tuning) to 9x (notebook 03's tiny BERT); README, "Timing". Set it to override.
+export OMP_WAIT_POLICY ?= PASSIVE
 # Jupyter refuses to run as root unless told; containers and workshop VMs often are root.
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup lab test test-fast course release validate lock clean
+.PHONY: setup lab lab-instructor test test-fast course release validate lock clean
 
 # Create the virtual environment if there is none and install the course into it.
 # torch==2.13.0 is pinned: on the course machines pip takes the local CPU wheel,
@@ -27,9 +31,16 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/jupyter labextension list 2>&1 | grep -q nbgrader || { echo "nbgrader lab extensions missing"; exit 1; }
 	@touch $(STAMP)
 
-# Set up, then open JupyterLab on the course.
+# Set up, then open JupyterLab on the course: the learner's Lab (Validate and Assignments, no
+# instructor panels, no news pop-up: .jupyter/learner). `make lab-instructor`: every nbgrader panel.
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=. $(ROOT_ARGS) $(LAB_ARGS) notebooks/00-welcome/00-welcome.ipynb
+	JUPYTER_CONFIG_PATH="$(CURDIR)/.jupyter/learner$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}" \
+	  $(BIN)/jupyter lab --notebook-dir=. $(ROOT_ARGS) $(LAB_ARGS) notebooks/00-welcome/00-welcome.ipynb
+
+# The instructor's Lab: Create Assignment, Formgrader and Courses too (docs/instructors.md).
+lab-instructor: setup
+	JUPYTER_CONFIG_PATH="$(CURDIR)/.jupyter/instructor$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}" \
+	  $(BIN)/jupyter lab --notebook-dir=. $(ROOT_ARGS) $(LAB_ARGS)
 
 # Set up, then run every test (package, data, notebooks, grading round trip).
 test: setup

@@ -12,6 +12,7 @@ NETBLOCK = Path(__file__).resolve().parent / "netblock"
 os.environ["BERTLAB_BLOCK_NETWORK"] = "1"
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NETBLOCK), os.environ.get("PYTHONPATH")]))
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `make test` sets it (Makefile): kernels inherit it
 os.environ.pop("BERTLAB_MODEL", None)
 os.environ.setdefault("BERTLAB_NETLOG", str(ROOT / ".pytest_cache" / f"netlog-{os.getpid()}.txt"))
 Path(os.environ["BERTLAB_NETLOG"]).parent.mkdir(parents=True, exist_ok=True)

@@ -90,3 +90,19 @@ def test_nothing_heavy_or_generated_is_tracked():
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
     bad = [f for f in files if f.endswith((".safetensors", ".onnx", ".pt", ".bin", ".db")) or f.startswith(".venv/")]
     assert not bad, f"weights, caches or databases are tracked: {bad}"
+
+
+def test_make_runs_torch_with_passive_openmp_waits():
+    """Every make target (lab, test, course) runs with OMP_WAIT_POLICY=PASSIVE unless the user set it:
+    on a busy 2-core machine torch's spinning OpenMP threads slowed training 3-9x (README, "Timing")."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    probe = ["make", "-s", "--no-print-directory", "-f", "Makefile", "-f", "-", "omp-probe"]
+    rule = "omp-probe:\n\t@echo $$OMP_WAIT_POLICY\n"
+    out = subprocess.run(probe, cwd=ROOT, input=rule, env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "PASSIVE", out
+    out = subprocess.run(probe, cwd=ROOT, input=rule, env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "ACTIVE", "a user's own setting wins"
