@@ -150,9 +150,10 @@ def mlm_perplexity(model: nn.Module, batches: Iterable[dict]) -> float:
     The mean is over tokens, not over batches: a batch with more masked tokens weighs more,
     so the result does not depend on how the texts were cut into batches. It is the
     exponential of :func:`bertlab.pretraining.mlm_loss` computed on all the batches at once.
-    A model that guesses uniformly over V tokens scores V; a perfect one 1. (For MLM this is
-    a "pseudo" perplexity: each masked token is predicted from both sides, as in the Hugging
-    Face course, chapter 7.) Raises ValueError when no position is masked.
+    A model that guesses uniformly over V tokens scores V; a perfect one 1. Each masked token
+    is predicted from both sides, over random masks (as in the Hugging Face course, chapter 7);
+    not the pseudo-perplexity of Salazar et al. (2020), which masks every token once in turn.
+    Raises ValueError when no position is masked.
     """
     total, n = mlm_nll(model, batches)
     if n == 0:
