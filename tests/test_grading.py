@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -563,6 +564,30 @@ def test_sandbox_hides_the_graders_files():
 
     with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="bertlab-sandbox-") as tmp:
         _sandbox_probe(Path(tmp), sandbox)
+
+
+def test_sandbox_with_the_course_under_tmp(tmp_path):
+    """A course (or a clone of this repository, as on a CI machine) under /tmp stays visible under
+    the kernel's private /tmp, with its solutions and gradebook still hidden."""
+    from bertlab.instructor import sandbox
+
+    assert Path("/tmp") in tmp_path.resolve().parents, tmp_path
+    _sandbox_probe(tmp_path, sandbox)
+
+
+def test_sandbox_keeps_a_repository_under_tmp_importable(monkeypatch, tmp_path):
+    """Laid out as bwrap reads it: the private /tmp first, then the repository, the venv and the
+    course read-only again, then the hidden paths over them."""
+    from bertlab.instructor import sandbox
+
+    monkeypatch.setattr(sandbox, "mechanism", lambda: "bwrap")
+    clone = tmp_path / "clone"
+    (clone / "solutions").mkdir(parents=True)
+    monkeypatch.setattr(sandbox.course, "ROOT", clone)
+    cmd = sandbox.wrap(["python", "-m", "ipykernel_launcher"], str(tmp_path), config=None)
+    tmpfs, keep = cmd.index("/tmp", cmd.index("--tmpfs")), cmd.index(str(clone.resolve()))
+    assert tmpfs < keep and cmd[keep - 1] == "--ro-bind", cmd
+    assert cmd.index("--chdir") > keep
 
 
 def _sandbox_probe(tmp_path, sandbox):

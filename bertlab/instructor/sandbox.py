@@ -36,6 +36,7 @@ from traitlets import Bool, Integer, List, Unicode
 from traitlets.config import Configurable
 
 from bertlab import cache
+from bertlab.instructor import course
 
 GiB = 1024 ** 3
 
@@ -110,7 +111,14 @@ def wrap(cmd: list[str], cwd: str | os.PathLike | None, config=None, settings: S
         return limits + list(cmd)
     out = ["bwrap", "--die-with-parent", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
            "--tmpfs", "/tmp", "--setenv", "IPYTHONDIR", "/tmp/ipython", "--setenv", "MPLCONFIGDIR", "/tmp/matplotlib"]
-    _, hidden = _course_paths(config)
+    root, hidden = _course_paths(config)
+    # what the private /tmp would hide but the kernel needs (a course, a clone of this repository
+    # or its venv may live under /tmp, as on a CI machine): seen read-only again; the hidden paths
+    # below are laid over it
+    needed = {root, course.ROOT, Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent}
+    for keep in sorted(p.resolve() for p in needed if p.exists()):
+        if Path("/tmp") in keep.parents:
+            out += ["--ro-bind", str(keep), str(keep)]
     hidden += [Path(p) for p in s.hide]
     home = Path.home()
     hidden.append(home)  # the grader's keys and tokens, and Jupyter's runtime folder (other kernels' keys)
