@@ -11,7 +11,7 @@ submission against the sum of its notebooks' (what one worker would have taken).
 is one JSON object.
 
 Each submission is one kernel running the notebook top to bottom with NBGRADER_EXECUTION set;
-the infinite-loop student adds one cell timeout (``CLASS_TIMEOUT``, 30 s here, 180 s in the
+the infinite-loop student adds one cell timeout (``CLASS_TIMEOUT``, 60 s here, 180 s in the
 real course). The wall time depends on what else the machine runs: compare the CPU figure
 and the load average between runs. Target: at most 20 s per submission per notebook on 2
 cores.
