@@ -115,15 +115,14 @@ def _measure(variant: Variant, ids: list[list[int]], labels: list[int], threads:
     runner = variant.load(threads)
     singles = [deploy.pad_batch([x]) for x in ids[:n_latency]]
     lat = latency_ms(lambda b: runner(*b), singles, warmup=warmup)
-    # Batches of reports of similar length, as a batching server forms them: little padding computed.
-    order = np.argsort([len(x) for x in ids], kind="stable")
-    batches = [deploy.pad_batch([ids[j] for j in order[i:i + batch_size]]) for i in range(0, len(ids), batch_size)]
+    chunks = deploy.length_sorted_batches([len(x) for x in ids], batch_size)  # as the Predictor batches
+    batches = [deploy.pad_batch([ids[j] for j in chunk]) for chunk in chunks]
     runner(*batches[-1])  # warm-up at batch size (the longest reports)
     start = time.perf_counter()
     sorted_preds = np.concatenate([runner(*b).argmax(-1) for b in batches])
     seconds = time.perf_counter() - start
     preds = np.empty_like(sorted_preds)
-    preds[order] = sorted_preds  # back in the order of ``labels``
+    preds[[j for chunk in chunks for j in chunk]] = sorted_preds  # back in the order of ``labels``
     return {"p50_ms": lat["p50"], "p95_ms": lat["p95"], f"reports/s (batch {batch_size})": len(ids) / seconds,
             "accuracy": float((preds == np.asarray(labels)).mean())}
 
@@ -155,8 +154,9 @@ class Benchmark:
     process (``isolate``) with ``threads`` threads: the batch-1 latency p50 and p95 over the
     first ``n_latency`` reports after ``warmup`` calls (model only: tokenization excluded,
     the same for every variant), the throughput at ``batch_size`` over all reports, in
-    batches of similar length (which also gives the accuracy), and the size on disk. Returns a pandas DataFrame, one row per
-    variant, with the ratios to the first variant (the baseline).
+    batches of similar length as :class:`bertlab.deploy.Predictor` forms them (which also gives
+    the accuracy), and the size on disk. Returns a pandas DataFrame, one row per variant, with
+    the ratios to the first variant (the baseline).
     """
 
     def __init__(self, ids: Sequence[Sequence[int]], labels: Sequence[int], *, threads: int = deploy.DEFAULT_THREADS,

@@ -259,6 +259,13 @@ class OrtRunner:
         return self.session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
 
 
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices ``0..len(lengths)-1`` sorted by length (ties keep their order), in batches of
+    ``batch_size``: reports of similar length share a batch, so little padding is computed."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def pad_batch(ids: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Pad token-id lists to the longest: int64 arrays ``input_ids`` and ``attention_mask`` (B, T)."""
     T = max(len(x) for x in ids)
@@ -321,9 +328,7 @@ class Predictor:
             self.misses += len(todo)
             unique = list(todo)
             ids = self.tokenizer(unique, truncation=False)["input_ids"]
-            order = sorted(range(len(unique)), key=lambda k: len(ids[k]))
-            for s in range(0, len(order), self.batch_size):
-                chunk = order[s:s + self.batch_size]
+            for chunk in length_sorted_batches([len(x) for x in ids], self.batch_size):
                 batch = [self._truncate(ids[k]) for k in chunk]
                 probs = _softmax(self.runner(*pad_batch(batch, self.tokenizer.pad_token_id or 0)))
                 for k, p in zip(chunk, probs):

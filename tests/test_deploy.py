@@ -268,3 +268,14 @@ def test_exported_model_is_built_once_and_served(tmp_path, monkeypatch):
     assert fp32 != path and benchmark.size_mb(path) < 0.5 * benchmark.size_mb(fp32), "INT8 is the smaller file"
     out = deploy.onnx_predictor(path, threads=1).predict(["VDD_CORE sagged to 0.91V under load"])[0]
     assert out.label in FAILURE_TYPES
+
+
+def test_length_sorted_batches_cover_every_index_once_shortest_first():
+    lengths = [5, 2, 9, 2, 7, 1, 5]
+    batches = deploy.length_sorted_batches(lengths, 3)
+    assert [len(b) for b in batches] == [3, 3, 1], batches
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths))), "every index exactly once"
+    assert [lengths[i] for i in flat] == sorted(lengths), "shortest first"
+    assert flat[1:3] == [1, 3] and flat[3:5] == [0, 6], "equal lengths keep their order"
+    assert deploy.length_sorted_batches([], 4) == []
