@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bertlab.instructor import course, grading, mutation, submissions  # noqa: E402
+from bertlab.instructor import autograde, course, grading, mutation, submissions  # noqa: E402
 
 
 def full_path(name: str, variants: list, folder: Path, timeout: int) -> tuple[dict[str, dict[str, float]], float]:
@@ -44,9 +44,9 @@ def full_path(name: str, variants: list, folder: Path, timeout: int) -> tuple[di
         subs.append(type(perfect)(student=f"variant{k:02d}", assignment=name, nb=nb, expected={}, note=v.name))
     grading.write_submissions(folder, subs)
     start = time.time()
-    proc = grading.nbgrader(folder, "autograde", name, "--force", check=False)
+    proc = autograde.nbgrader(folder, "autograde", name, "--force", check=False)
     seconds = time.time() - start
-    scores = grading.gradebook_scores(folder)
+    scores = autograde.gradebook_scores(folder)
     if proc.returncode != 0:
         print(f"nbgrader autograde exited {proc.returncode}:\n{proc.stderr[-3000:]}", file=sys.stderr)
     return {s.student: scores.get((s.student, name), {}) for s in subs}, seconds

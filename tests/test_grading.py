@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from bertlab.instructor import course, feedback, grading, integrity, submissions
+from bertlab.instructor import autograde, course, feedback, grading, integrity, submissions
 
 NAMES = grading.class_names() or course.assignments()  # $BERTLAB_CLASS limits the simulated class
 PLAN = grading.class_plan(NAMES)  # every scenario on some notebooks, the core ones on the rest
@@ -177,9 +177,9 @@ def test_grading_workers_share_the_cores(tmp_path, monkeypatch):
         seen.append(kwargs["env"])
         return real_popen(cmd, **kwargs)
 
-    monkeypatch.setattr(grading.subprocess, "Popen", popen)
+    monkeypatch.setattr(autograde.subprocess, "Popen", popen)
     for threads in (1, None):
-        proc, _ = grading._nbgrader_cpu(tmp_path, "--version", threads=threads)
+        proc, _ = autograde._nbgrader_cpu(tmp_path, "--version", threads=threads)
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert seen[0]["OMP_NUM_THREADS"] == "1"
     assert seen[1].get("OMP_NUM_THREADS") == os.environ.get("OMP_NUM_THREADS")
@@ -188,7 +188,7 @@ def test_grading_workers_share_the_cores(tmp_path, monkeypatch):
     assert out.strip() == "1", f"a kernel with OMP_NUM_THREADS=1 runs torch on {out.strip()} threads"
 
 
-@pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")  # nbgrader's add_submission: see grading._merge
+@pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")  # nbgrader's add_submission: see autograde.merge_shard
 def test_merging_shards_gives_the_union(tmp_path, monkeypatch):
     """Two graded shards (copies of one course, tiny files, scores written with nbgrader's API)
     merge into the course's gradebook and folders."""
@@ -206,7 +206,7 @@ def test_merging_shards_gives_the_union(tmp_path, monkeypatch):
             gb.add_grade_cell("test", name, name, max_score=2, cell_type="code")
             gb.add_solution_cell("answer", name, name)
     graded = {("perfect", "00-a"): 2.0, ("blank", "00-a"): 0.0, ("perfect", "01-b"): 2.0, ("partial", "01-b"): 1.0}
-    shards = [grading._shard_course(course_dir, tmp_path / "shards" / str(k), [name])
+    shards = [autograde.shard_course(course_dir, tmp_path / "shards" / str(k), [name])
               for k, name in enumerate(("00-a", "01-b"))]  # as run_class does: all copied, then graded
     for k, (shard, name) in enumerate(zip(shards, ("00-a", "01-b"))):
         with Gradebook(f"sqlite:///{shard / 'gradebook.db'}") as gb:
@@ -221,13 +221,76 @@ def test_merging_shards_gives_the_union(tmp_path, monkeypatch):
                         page.parent.mkdir(parents=True)
                         page.write_text(student)
             gb.db.commit()
-        grading._merge(course_dir, shard, [name])
-    assert grading.gradebook_scores(course_dir) == {key: {"test": v} for key, v in graded.items()}
+        autograde.merge_shard(course_dir, shard, [name])
+    assert autograde.gradebook_scores(course_dir) == {key: {"test": v} for key, v in graded.items()}
     with Gradebook(f"sqlite:///{course_dir / 'gradebook.db'}") as gb:
         assert gb.find_comment("answer", "01-b", "01-b", "partial").auto_comment == "partial in shard 1"
-    run = grading.ClassRun(course_dir, [])
+    run = autograde.ClassRun(course_dir, [])
     for student, a in graded:
         assert run.autograded(student, a).read_text() == run.feedback(student, a).read_text() == student
+    # a regrade of one student (autograde_class): the shard's gradebook, a copy of the course's, also
+    # holds the other students' grades, stale by then: only the regraded student's replace the course's
+    with Gradebook(f"sqlite:///{shards[0] / 'gradebook.db'}") as gb:
+        gb.find_grade("test", "00-a", "00-a", "blank").auto_score = 1.0
+        gb.find_grade("test", "00-a", "00-a", "perfect").auto_score = 0.0
+        gb.db.commit()
+    autograde.merge_shard(course_dir, shards[0], ["00-a"], {"00-a": ["blank"]})
+    scores = autograde.gradebook_scores(course_dir)
+    assert scores[("blank", "00-a")] == {"test": 1.0}, "the regraded submission replaces the old one"
+    assert scores[("perfect", "00-a")] == {"test": 2.0}, "a student outside the shard's share is not merged"
+
+
+def test_student_shards_split_every_assignment_evenly(tmp_path, capsys):
+    plan = {"00-a": [f"s{i:02d}" for i in range(7)], "01-b": ["s00", "s01"], "02-c": []}
+    for workers in (1, 2, 3, 20):
+        shards = autograde._student_shards(plan, workers)
+        assert len(shards) == min(workers, 9)
+        pairs = sorted((a, s) for shard in shards for a, students in shard.items() for s in students)
+        assert pairs == sorted((a, s) for a in plan for s in plan[a]), "every submission exactly once"
+        sizes = [sum(map(len, shard.values())) for shard in shards]
+        assert max(sizes) - min(sizes) <= 1, sizes
+    for student, a in (("bob", "01-b"), ("ann", "00-a"), ("bob", "00-a")):
+        (tmp_path / "submitted" / student / a).mkdir(parents=True)
+    assert autograde.submitted(tmp_path) == {"00-a": ["ann", "bob"], "01-b": ["bob"]}
+    assert autograde.submitted(tmp_path, ["01-b"]) == {"01-b": ["bob"]}
+    with pytest.raises(ValueError, match=r"names: no submissions of \['09-z'\]"):
+        autograde.submitted(tmp_path, ["09-z"])
+    with pytest.raises(SystemExit):
+        grading.main(["autograde", "--course", str(tmp_path)])
+    assert "has no nbgrader_config.py" in capsys.readouterr().err, "the command names what is missing"
+    (tmp_path / "nbgrader_config.py").touch()
+    with pytest.raises(FileNotFoundError, match="has no gradebook.db"):
+        autograde.autograde_class(tmp_path)
+    (tmp_path / "gradebook.db").touch()
+    with pytest.raises(ValueError, match="workers: expected at least 1, got 0"):
+        autograde.autograde_class(tmp_path, workers=0)
+
+
+@pytest.mark.slow
+def test_autograde_command_grades_a_class_in_parallel(tmp_path, capsys):
+    """The instructor's command on a real nbgrader course: two workers, each a share of the
+    students, the scores the serial class gets, feedback, a CSV of times, progress on stderr."""
+    course_dir = tmp_path / "course"
+    name = "00-welcome"
+    grading.make_course(course_dir, [name])
+    subs = submissions.fabricate(name, _solution(name, course_dir), _released(name, course_dir), grading.CORE_SCENARIOS)
+    grading.write_submissions(course_dir, subs)
+    assert grading.main(["autograde", name, "--course", str(course_dir), "--workers", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert f"autograde: {len(subs)} submissions" in out and "worker(s)" in out
+    assert f"{len(subs)}/{len(subs)}" in err, "the progress bar reaches every submission"
+    scores = autograde.gradebook_scores(course_dir)
+    for s in subs:
+        assert scores[(s.student, name)] == s.expected, f"{s.student}: {scores[(s.student, name)]} vs {s.expected}"
+        assert (course_dir / "feedback" / s.student / name / f"{name}.html").is_file()
+    assert not (course_dir / "shards").exists()
+    import csv as csv_module
+    with open(course_dir / "autograde_times.csv") as fh:
+        rows = list(csv_module.DictReader(fh))
+    assert sorted(r["student"] for r in rows) == sorted(s.student for s in subs)
+    assert {r["worker"] for r in rows} == {"0", "1"}, "both workers graded"
+    for r, s in ((r, next(s for s in subs if s.student == r["student"])) for r in rows):
+        assert float(r["score"]) == s.expected_total and float(r["seconds"]) > 0
 
 
 # --------------------------------------------------------------------------- fast: fabrication
@@ -394,8 +457,8 @@ def test_exchange_round_trip(tmp_path):
     grading.make_course(course_dir, [name])
     home = tmp_path / "student"
     home.mkdir()
-    grading.nbgrader(course_dir, "release_assignment", name)
-    proc = grading.nbgrader(course_dir, "list")
+    autograde.nbgrader(course_dir, "release_assignment", name)
+    proc = autograde.nbgrader(course_dir, "list")
     listed = proc.stdout + proc.stderr
     assert name in listed, listed
     # A learner works in their own folder; the course id and exchange come from a global config
@@ -410,7 +473,7 @@ def test_exchange_round_trip(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=home, capture_output=True, text=True, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert (home / name / f"{name}.ipynb").is_file()
-    grading.nbgrader(course_dir, "collect", name)
+    autograde.nbgrader(course_dir, "collect", name)
     submitted = list((course_dir / "submitted").glob(f"*/{name}/{name}.ipynb"))
     assert len(submitted) == 1, f"collect did not place the submission: {submitted}"
     assert (submitted[0].parent / "timestamp.txt").is_file()

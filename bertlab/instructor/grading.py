@@ -8,6 +8,10 @@ scenario must get. $BERTLAB_GRADE_WORKERS workers (default: one per CPU) grade s
 assignments at once, each in its own copy of the course, merged back before the export. The
 test (tests/test_grading.py) and the benchmark (benchmarks/grading.py) use the same functions.
 
+``python -m bertlab.instructor.grading autograde [NAMES] [--workers N]`` grades a real class (an
+nbgrader course's submitted/ folder) the same way, split by students, with a progress bar and a
+CSV of per-submission times and scores (:func:`autograde_class`; docs/instructors.md).
+
 The students and the scores they must get: ``bertlab.instructor.submissions`` (the hostile
 students, who try to cheat the grader, on HOSTILE_NOTEBOOKS). What their feedback may show:
 ``bertlab.instructor.feedback``. What stops the cheats: ``bertlab.instructor.integrity`` and
@@ -23,16 +27,23 @@ import argparse
 import csv
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertlab.instructor import course
+from bertlab.instructor.autograde import (
+    ClassRun,
+    autograde_class,
+    grade_assignment,
+    grade_workers,
+    gradebook_scores,
+    merge_shard,
+    nbgrader,
+    shard_course,
+)
 from bertlab.instructor.feedback import check_feedback
 from bertlab.instructor.submissions import ALL_SCENARIOS, HOSTILE_SCENARIOS, SCENARIOS, WRONG, Submission, fabricate
 
@@ -44,46 +55,6 @@ CLASS_TIMEOUT = int(os.environ.get("BERTLAB_CLASS_TIMEOUT", "60"))
 
 
 # --------------------------------------------------------------------------- the course
-def nbgrader(course_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run an nbgrader command in ``course_dir`` (it reads that folder's nbgrader_config.py)."""
-    proc, _ = _nbgrader_cpu(course_dir, *args)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"nbgrader {' '.join(args)} exited {proc.returncode}:\n"
-                           f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def _nbgrader_cpu(course_dir: Path, *args: str, threads: int | None = None) -> tuple[subprocess.CompletedProcess, float]:
-    """Run an nbgrader command; return its result and the CPU seconds it and its kernels used.
-
-    ``threads``: torch threads of each kernel (OMP_NUM_THREADS), so that workers grading at
-    once share the cores instead of each spinning one thread per core (on a busy machine
-    that oversubscription slows a small model several times: benchmarks/grading.py).
-
-    The venv's bin/ goes first on PATH: nbgrader runs the ``alembic`` executable when it
-    creates a gradebook, and fails with "No such file or directory: 'alembic'" without it.
-    os.wait4 measures this one process tree; RUSAGE_CHILDREN would also count the nbgrader
-    runs of the other grading workers that ended meanwhile.
-    """
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    cmd = [sys.executable, "-m", "nbgrader", *args]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        child = subprocess.Popen(cmd, cwd=course_dir, stdout=out, stderr=err, env=env)
-        try:
-            _, status, usage = os.wait4(child.pid, 0)
-        except BaseException:  # e.g. Ctrl-C: leave no nbgrader (and kernels) running
-            child.kill()
-            child.wait()
-            raise
-        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-        out.seek(0), err.seek(0)
-        stdout, stderr = (f.read().decode(errors="replace") for f in (out, err))
-    proc = subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
-    return proc, usage.ru_utime + usage.ru_stime
-
-
 def make_course(course_dir: Path, names: list[str] | None = None, timeout: int = CLASS_TIMEOUT,
                 repo: Path = ROOT) -> list[str]:
     """A throwaway copy of the course: solutions/, the course's nbgrader_config.py with a local
@@ -123,56 +94,6 @@ def read(path: Path):
     return nbformat.read(path, as_version=4)
 
 
-@dataclass
-class ClassRun:
-    course_dir: Path
-    submissions: list[Submission]
-    autograde_seconds: dict[str, float] = field(default_factory=dict)  # per assignment (wall)
-    autograde_rc: dict[str, int] = field(default_factory=dict)  # exit status of `nbgrader autograde`
-    autograde_cpu: dict[str, float] = field(default_factory=dict)  # per assignment (CPU, kernels too)
-    load: dict[str, float] = field(default_factory=dict)  # per assignment: 1-min load average after
-    student_seconds: dict[str, dict[str, float]] = field(default_factory=dict)  # assignment -> student -> s
-    scores: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)  # (student, a) -> cell -> pts
-    exported: dict[tuple[str, str], float] = field(default_factory=dict)  # (student, a) -> score (grades.csv)
-    logs: dict[str, str] = field(default_factory=dict)
-    workers: int = 1  # assignments graded at once
-    grade_seconds: float = 0.0  # wall time of autograde and feedback, all workers
-
-    def submission(self, student: str, assignment: str) -> Submission:
-        return next(s for s in self.submissions if s.student == student and s.assignment == assignment)
-
-    def autograded(self, student: str, assignment: str) -> Path:
-        return self.course_dir / "autograded" / student / assignment / f"{assignment}.ipynb"
-
-    def feedback(self, student: str, assignment: str) -> Path:
-        return self.course_dir / "feedback" / student / assignment / f"{assignment}.html"
-
-
-def gradebook_scores(course_dir: Path) -> dict[tuple[str, str], dict[str, float]]:
-    """Autograded points of every graded cell, from the course's gradebook."""
-    from nbgrader.api import Gradebook
-
-    out = {}
-    with Gradebook(_gradebook_url(course_dir)) as gb:
-        for a in gb.assignments:
-            for sub in gb.assignment_submissions(a.name):
-                for nb in sub.notebooks:
-                    out[(sub.student.id, a.name)] = {g.name: g.score for g in nb.grades}
-    return out
-
-
-def _gradebook_url(course_dir: Path) -> str:
-    return f"sqlite:///{Path(course_dir) / 'gradebook.db'}"
-
-
-def grade_workers() -> int:
-    """Grading workers of the simulated class: $BERTLAB_GRADE_WORKERS, else one per CPU."""
-    value = os.environ.get("BERTLAB_GRADE_WORKERS") or str(os.cpu_count() or 1)
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"BERTLAB_GRADE_WORKERS: expected a whole number >= 1, got {value!r}")
-    return int(value)
-
-
 def _shards(plan: dict[str, tuple[str, ...]], workers: int) -> list[list[str]]:
     """The assignments of ``plan`` that have students, split among at most ``workers`` workers
     by cost (submissions): the largest first, each to the least loaded worker, so the biggest
@@ -185,83 +106,6 @@ def _shards(plan: dict[str, tuple[str, ...]], workers: int) -> list[list[str]]:
         shards[k].append(name)
         loads[k] += len(plan[name])
     return [[n for n in graded if n in shard] for shard in shards]
-
-
-def _shard_course(course_dir: Path, shard_dir: Path, names: list[str]) -> Path:
-    """A copy of the course that grades ``names`` only: the config, the gradebook (so its
-    assignments and cells are the course's), their solutions and their submissions."""
-    shard_dir.mkdir(parents=True)
-    for f in ("nbgrader_config.py", "gradebook.db"):
-        shutil.copy2(course_dir / f, shard_dir / f)
-    for name in names:
-        shutil.copytree(course_dir / "solutions" / name, shard_dir / "solutions" / name)
-        for sub in (course_dir / "submitted").glob(f"*/{name}"):
-            shutil.copytree(sub, shard_dir / "submitted" / sub.parent.name / name)
-    return shard_dir
-
-
-def _merge(course_dir: Path, shard_dir: Path, names: list[str]) -> None:
-    """Bring a graded shard back: its autograded/ and feedback/ folders, and its submissions of
-    ``names`` (students, grades, comments, flags) into the course's gradebook."""
-    from nbgrader.api import Gradebook
-    from sqlalchemy.exc import SAWarning
-
-    for tree in ("autograded", "feedback"):
-        if (shard_dir / tree).is_dir():
-            shutil.copytree(shard_dir / tree, course_dir / tree, dirs_exist_ok=True)
-    with (Gradebook(_gradebook_url(shard_dir)) as src, Gradebook(_gradebook_url(course_dir)) as dst,
-          warnings.catch_warnings()):
-        # nbgrader's add_submission trips SQLAlchemy 2's "not in session, add operation ... will
-        # not proceed" during autoflush; the rows are saved all the same (the merge test reads them)
-        warnings.simplefilter("ignore", SAWarning)
-        for name in names:
-            for sub in src.assignment_submissions(name):
-                st = sub.student
-                dst.update_or_create_student(st.id, first_name=st.first_name, last_name=st.last_name,
-                                             email=st.email, lms_user_id=st.lms_user_id)
-                # add_submission creates an empty grade and comment for every cell; fill them in
-                dst.add_submission(name, st.id, timestamp=sub.timestamp, extension=sub.extension)
-                for nb in sub.notebooks:
-                    into = dst.find_submission_notebook(nb.name, name, st.id)
-                    into.flagged = nb.flagged
-                    grades = {g.name: g for g in into.grades}
-                    for g in nb.grades:
-                        for col in ("auto_score", "manual_score", "extra_credit", "needs_manual_grade"):
-                            setattr(grades[g.name], col, getattr(g, col))
-                    comments = {c.name: c for c in into.comments}
-                    for c in nb.comments:
-                        comments[c.name].auto_comment = c.auto_comment
-                        comments[c.name].manual_comment = c.manual_comment
-        dst.db.commit()
-
-
-def _grade(course_dir: Path, name: str, students: tuple[str, ...], run: ClassRun, log, threads: int | None = None) -> None:
-    """Autograde one assignment in ``course_dir`` (the course or a shard of it) and generate its
-    feedback; record the times, exit status and logs in ``run`` (each worker its own keys).
-    ``threads``: torch threads per kernel (None: torch's default, one per core)."""
-    start = time.time()
-    # nbgrader grades the other students when one fails and exits 1 at the end: record it,
-    # and let the callers see which submissions were not graded
-    proc, cpu = _nbgrader_cpu(course_dir, "autograde", name, "--force", threads=threads)
-    seconds = time.time() - start
-    run.autograde_rc[name] = proc.returncode
-    run.autograde_seconds[name] = seconds
-    run.autograde_cpu[name] = cpu
-    run.load[name] = os.getloadavg()[0]
-    run.logs[f"autograde {name}"] = proc.stdout + proc.stderr
-    # the autograded notebook is written when its student is done: the gaps are per-student times
-    graded = [course_dir / "autograded" / s / name / f"{name}.ipynb" for s in students]
-    done = sorted((p.stat().st_mtime, s) for s, p in zip(students, graded) if p.exists())
-    prev, run.student_seconds[name] = start, {}
-    for t, s in done:
-        run.student_seconds[name][s] = t - prev
-        prev = t
-    log(f"autograded {name}: {len(done)}/{len(students)} submissions in {seconds:.1f} s, "
-        f"{seconds / len(students):.1f} s per submission "
-        f"(CPU {cpu / len(students):.1f} s; load average {run.load[name]:.1f})"
-        + (f"; nbgrader exited {proc.returncode}" if proc.returncode else ""))
-    proc = nbgrader(course_dir, "generate_feedback", name, "--force")
-    run.logs[f"generate_feedback {name}"] = proc.stdout + proc.stderr
 
 
 def run_class(course_dir: Path, names: list[str] | None = None, scenarios=SCENARIOS,
@@ -298,15 +142,15 @@ def run_class(course_dir: Path, names: list[str] | None = None, scenarios=SCENAR
 
     def grade(folder: Path, shard: list[str]) -> None:
         for name in shard:
-            _grade(folder, name, plan[name], run, log, threads)
+            grade_assignment(folder, name, plan[name], run, log, threads)
 
     start = time.time()
     if len(shards) > 1:
-        folders = [_shard_course(course_dir, course_dir / "shards" / str(k), shard) for k, shard in enumerate(shards)]
+        folders = [shard_course(course_dir, course_dir / "shards" / str(k), shard) for k, shard in enumerate(shards)]
         with ThreadPoolExecutor(len(shards)) as pool:  # threads suffice: the work is nbgrader's processes
             list(pool.map(grade, folders, shards))  # list(): a worker's exception is raised here
         for folder, shard in zip(folders, shards):
-            _merge(course_dir, folder, shard)
+            merge_shard(course_dir, folder, shard)
         shutil.rmtree(course_dir / "shards")
     else:
         for shard in shards:
@@ -379,9 +223,27 @@ def main(argv: list[str] | None = None) -> int:
     cls.add_argument("names", nargs="*", help="assignments (default: $BERTLAB_CLASS, else all in solutions/)")
     cls.add_argument("--keep", type=Path, help="build the course in this (new) folder and keep it")
     cls.add_argument("--timeout", type=int, default=CLASS_TIMEOUT, help="per-cell timeout in seconds")
+    grd = sub.add_parser("autograde", help="autograde a class's submissions with parallel workers and a progress bar, "
+                                           "then generate the feedback (a real course: submitted/STUDENT/ASSIGNMENT/)")
+    grd.add_argument("names", nargs="*", help="assignments (default: every one with submissions)")
+    grd.add_argument("--course", type=Path, default=Path("."), help="the nbgrader course folder (default: .)")
+    grd.add_argument("--workers", type=int, help="submissions graded at once (default: $BERTLAB_GRADE_WORKERS, else one per CPU)")
+    grd.add_argument("--csv", type=Path, help="per-submission seconds and scores (default: COURSE/autograde_times.csv)")
     chk = sub.add_parser("check-feedback", help="look for hidden test source in a course's feedback/ pages")
     chk.add_argument("course", nargs="?", type=Path, default=Path("."), help="course folder (default: .)")
     args = parser.parse_args(argv)
+    if args.command == "autograde":
+        try:
+            run = autograde_class(args.course, args.names or None, args.workers, csv_path=args.csv)
+        except (ValueError, FileNotFoundError, FileExistsError) as e:
+            parser.error(str(e))
+        failed = sorted(a for a, rc in run.autograde_rc.items() if rc)
+        graded = sum(len(v) for v in run.student_seconds.values())
+        print(f"autograde: {graded} submissions in {run.grade_seconds:.0f} s with {run.workers} worker(s); "
+              f"times and scores: {args.csv or Path(args.course) / 'autograde_times.csv'}; next: nbgrader export")
+        if failed:
+            print(f"nbgrader autograde exited non-zero for {failed}: see its log above; the others are graded")
+        return 1 if failed else 0
     if args.command == "check-feedback":
         found = check_feedback(args.course)
         for page, lines in found.items():

@@ -1,0 +1,316 @@
+"""Autograding a class with nbgrader: workers in parallel, each in its own copy of the course.
+
+``nbgrader autograde`` grades one submission after another (nbgrader#174) and shows no progress
+(nbgrader#1456). :func:`autograde_class` (the command ``python -m bertlab.instructor.grading
+autograde``) splits a class's submissions among workers by student; the simulated class
+(:func:`bertlab.instructor.grading.run_class`) splits its notebooks among them. Either way each
+worker grades in its own copy of the course and gradebook (:func:`shard_course`) with
+:func:`grade_assignment`, and :func:`merge_shard` brings the grades, comments, flags,
+autograded notebooks and feedback back into the course.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bertlab.instructor.submissions import Submission
+
+
+# --------------------------------------------------------------------------- nbgrader
+def nbgrader(course_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run an nbgrader command in ``course_dir`` (it reads that folder's nbgrader_config.py)."""
+    proc, _ = _nbgrader_cpu(course_dir, *args)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"nbgrader {' '.join(args)} exited {proc.returncode}:\n"
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def _nbgrader_cpu(course_dir: Path, *args: str, threads: int | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    """Run an nbgrader command; return its result and the CPU seconds it and its kernels used.
+
+    ``threads``: torch threads of each kernel (OMP_NUM_THREADS), so that workers grading at
+    once share the cores instead of each spinning one thread per core (on a busy machine
+    that oversubscription slows a small model several times: benchmarks/grading.py).
+
+    The venv's bin/ goes first on PATH: nbgrader runs the ``alembic`` executable when it
+    creates a gradebook, and fails with "No such file or directory: 'alembic'" without it.
+    os.wait4 measures this one process tree; RUSAGE_CHILDREN would also count the nbgrader
+    runs of the other grading workers that ended meanwhile.
+    """
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    cmd = [sys.executable, "-m", "nbgrader", *args]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        child = subprocess.Popen(cmd, cwd=course_dir, stdout=out, stderr=err, env=env)
+        try:
+            _, status, usage = os.wait4(child.pid, 0)
+        except BaseException:  # e.g. Ctrl-C: leave no nbgrader (and kernels) running
+            child.kill()
+            child.wait()
+            raise
+        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        out.seek(0), err.seek(0)
+        stdout, stderr = (f.read().decode(errors="replace") for f in (out, err))
+    proc = subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
+    return proc, usage.ru_utime + usage.ru_stime
+
+
+
+# --------------------------------------------------------------------------- a class's grading
+@dataclass
+class ClassRun:
+    """What grading a class recorded: times, exit codes, logs, scores (the simulated class also
+    its fabricated ``submissions`` and ``exported`` grades.csv)."""
+    course_dir: Path
+    submissions: list[Submission]
+    autograde_seconds: dict[str, float] = field(default_factory=dict)  # per assignment (wall)
+    autograde_rc: dict[str, int] = field(default_factory=dict)  # exit status of `nbgrader autograde`
+    autograde_cpu: dict[str, float] = field(default_factory=dict)  # per assignment (CPU, kernels too)
+    load: dict[str, float] = field(default_factory=dict)  # per assignment: 1-min load average after
+    student_seconds: dict[str, dict[str, float]] = field(default_factory=dict)  # assignment -> student -> s
+    scores: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)  # (student, a) -> cell -> pts
+    exported: dict[tuple[str, str], float] = field(default_factory=dict)  # (student, a) -> score (grades.csv)
+    logs: dict[str, str] = field(default_factory=dict)
+    workers: int = 1  # grading workers (each its own copy of the course)
+    grade_seconds: float = 0.0  # wall time of autograde and feedback, all workers
+
+    def submission(self, student: str, assignment: str) -> Submission:
+        return next(s for s in self.submissions if s.student == student and s.assignment == assignment)
+
+    def autograded(self, student: str, assignment: str) -> Path:
+        return self.course_dir / "autograded" / student / assignment / f"{assignment}.ipynb"
+
+    def feedback(self, student: str, assignment: str) -> Path:
+        return self.course_dir / "feedback" / student / assignment / f"{assignment}.html"
+
+
+def gradebook_scores(course_dir: Path) -> dict[tuple[str, str], dict[str, float]]:
+    """Autograded points of every graded cell, from the course's gradebook."""
+    from nbgrader.api import Gradebook
+
+    out = {}
+    with Gradebook(_gradebook_url(course_dir)) as gb:
+        for a in gb.assignments:
+            for sub in gb.assignment_submissions(a.name):
+                for nb in sub.notebooks:
+                    out[(sub.student.id, a.name)] = {g.name: g.score for g in nb.grades}
+    return out
+
+
+def _gradebook_url(course_dir: Path) -> str:
+    return f"sqlite:///{Path(course_dir) / 'gradebook.db'}"
+
+
+def grade_workers() -> int:
+    """Grading workers by default: $BERTLAB_GRADE_WORKERS, else one per CPU."""
+    value = os.environ.get("BERTLAB_GRADE_WORKERS") or str(os.cpu_count() or 1)
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"BERTLAB_GRADE_WORKERS: expected a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def shard_course(course_dir: Path, shard_dir: Path, names: list[str],
+                  students: dict[str, list[str]] | None = None) -> Path:
+    """A copy of the course that grades ``names`` only: the config, the gradebook (so its
+    assignments and cells are the course's), their solutions and their submissions (of
+    ``students[name]`` only, when given)."""
+    shard_dir.mkdir(parents=True)
+    for f in ("nbgrader_config.py", "gradebook.db"):
+        shutil.copy2(course_dir / f, shard_dir / f)
+    for name in names:
+        shutil.copytree(course_dir / "solutions" / name, shard_dir / "solutions" / name)
+        for sub in (course_dir / "submitted").glob(f"*/{name}"):
+            if students is None or sub.parent.name in students[name]:
+                shutil.copytree(sub, shard_dir / "submitted" / sub.parent.name / name)
+    return shard_dir
+
+
+def merge_shard(course_dir: Path, shard_dir: Path, names: list[str], students: dict[str, list[str]] | None = None) -> None:
+    """Bring a graded shard back: its autograded/ and feedback/ folders, and its submissions of
+    ``names`` (of ``students[name]`` only, when given: the shard's gradebook is a copy of the
+    course's and holds everyone's earlier grades) into the course's gradebook (students,
+    grades, comments, flags); a submission graded before is replaced."""
+    from nbgrader.api import Gradebook
+    from sqlalchemy.exc import SAWarning
+
+    for tree in ("autograded", "feedback"):
+        if (shard_dir / tree).is_dir():
+            shutil.copytree(shard_dir / tree, course_dir / tree, dirs_exist_ok=True)
+    with (Gradebook(_gradebook_url(shard_dir)) as src, Gradebook(_gradebook_url(course_dir)) as dst,
+          warnings.catch_warnings()):
+        # nbgrader's add_submission trips SQLAlchemy 2's "not in session, add operation ... will
+        # not proceed" during autoflush; the rows are saved all the same (the merge test reads them)
+        warnings.simplefilter("ignore", SAWarning)
+        for name in names:
+            for sub in src.assignment_submissions(name):
+                st = sub.student
+                if students is not None and st.id not in students[name]:
+                    continue
+                if any(old.student.id == st.id for old in dst.assignment_submissions(name)):
+                    dst.remove_submission(name, st.id)
+                dst.update_or_create_student(st.id, first_name=st.first_name, last_name=st.last_name,
+                                             email=st.email, lms_user_id=st.lms_user_id)
+                # add_submission creates an empty grade and comment for every cell; fill them in
+                dst.add_submission(name, st.id, timestamp=sub.timestamp, extension=sub.extension)
+                for nb in sub.notebooks:
+                    into = dst.find_submission_notebook(nb.name, name, st.id)
+                    into.flagged = nb.flagged
+                    grades = {g.name: g for g in into.grades}
+                    for g in nb.grades:
+                        for col in ("auto_score", "manual_score", "extra_credit", "needs_manual_grade"):
+                            setattr(grades[g.name], col, getattr(g, col))
+                    comments = {c.name: c for c in into.comments}
+                    for c in nb.comments:
+                        comments[c.name].auto_comment = c.auto_comment
+                        comments[c.name].manual_comment = c.manual_comment
+        dst.db.commit()
+
+
+def grade_assignment(course_dir: Path, name: str, students: tuple[str, ...], run: ClassRun, log,
+                     threads: int | None = None) -> None:
+    """Autograde one assignment in ``course_dir`` (the course or a shard of it) and generate its
+    feedback; record the times, exit status and logs in ``run`` (each worker its own keys).
+    ``threads``: torch threads per kernel (None: torch's default, one per core)."""
+    start = time.time()
+    # nbgrader grades the other students when one fails and exits 1 at the end: record it,
+    # and let the callers see which submissions were not graded
+    proc, cpu = _nbgrader_cpu(course_dir, "autograde", name, "--force", threads=threads)
+    seconds = time.time() - start
+    # several workers may grade shares of one assignment's students (autograde_class): each adds its own
+    run.autograde_rc[name] = proc.returncode or run.autograde_rc.get(name, 0)
+    run.autograde_seconds[name] = max(seconds, run.autograde_seconds.get(name, 0.0))
+    run.autograde_cpu[name] = cpu + run.autograde_cpu.get(name, 0.0)
+    run.load[name] = os.getloadavg()[0]
+    run.logs[f"autograde {name}"] = run.logs.get(f"autograde {name}", "") + proc.stdout + proc.stderr
+    # the autograded notebook is written when its student is done: the gaps are per-student times
+    graded = [course_dir / "autograded" / s / name / f"{name}.ipynb" for s in students]
+    done = sorted((p.stat().st_mtime, s) for s, p in zip(students, graded) if p.exists() and p.stat().st_mtime >= start)
+    prev, times = start, run.student_seconds.setdefault(name, {})
+    for t, s in done:
+        times[s] = t - prev
+        prev = t
+    log(f"autograded {name}: {len(done)}/{len(students)} submissions in {seconds:.1f} s, "
+        f"{seconds / len(students):.1f} s per submission "
+        f"(CPU {cpu / len(students):.1f} s; load average {run.load[name]:.1f})"
+        + (f"; nbgrader exited {proc.returncode}" if proc.returncode else ""))
+    proc = nbgrader(course_dir, "generate_feedback", name, "--force")
+    run.logs[f"generate_feedback {name}"] = run.logs.get(f"generate_feedback {name}", "") + proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- a real class, in parallel
+def submitted(course_dir: Path, names: list[str] | None = None) -> dict[str, list[str]]:
+    """``{assignment: students}`` with a notebook folder in ``course_dir``/submitted/ (where
+    ``nbgrader collect`` puts them), for ``names`` or every assignment found; sorted."""
+    found: dict[str, list[str]] = {}
+    for folder in sorted(Path(course_dir).glob("submitted/*/*")):
+        if folder.is_dir():
+            found.setdefault(folder.name, []).append(folder.parent.name)
+    if names is None:
+        return found
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ValueError(f"names: no submissions of {missing} in {Path(course_dir) / 'submitted'}; "
+                         f"found: {sorted(found) or 'none'}")
+    return {n: found[n] for n in names}
+
+
+def _student_shards(plan: dict[str, list[str]], workers: int) -> list[dict[str, list[str]]]:
+    """Each worker's share of the class: submission k (in assignment, then student order) goes to
+    worker k mod workers, so the shares differ by at most one submission per assignment."""
+    items = [(a, s) for a in plan for s in plan[a]]
+    shards: list[dict[str, list[str]]] = [{} for _ in range(min(workers, len(items)))]
+    for k, (a, s) in enumerate(items):
+        shards[k % len(shards)].setdefault(a, []).append(s)
+    return shards
+
+
+def autograde_class(course_dir: Path, names: list[str] | None = None, workers: int | None = None,
+                    progress: bool = True, csv_path: Path | None = None) -> ClassRun:
+    """``nbgrader autograde`` and ``generate_feedback`` for every submission of ``names`` (default:
+    every assignment in submitted/) in ``course_dir``, by ``workers`` processes at once (default
+    :func:`grade_workers`), with a progress bar and an estimate of the time left.
+
+    Each worker grades its share of the students (:func:`_student_shards`) in its own copy of the
+    course and gradebook (``shards/K``, removed afterwards); the grades, comments, flags,
+    autograded notebooks and feedback are merged into the course, as a serial run would have
+    written them. Writes one row per submission (assignment, student, worker, seconds, score,
+    max_score) to ``csv_path`` (default ``course_dir/autograde_times.csv``). Run ``nbgrader export``
+    afterwards for grades.csv.
+    """
+    from nbgrader.api import Gradebook
+    from tqdm.auto import tqdm
+
+    course_dir = Path(course_dir).resolve()
+    for f in ("nbgrader_config.py", "gradebook.db"):
+        if not (course_dir / f).is_file():
+            raise FileNotFoundError(f"course_dir: {course_dir} has no {f}; run the command in an nbgrader course "
+                                    "folder (its gradebook is made by `nbgrader generate_assignment`)")
+    workers = grade_workers() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers: expected at least 1, got {workers}")
+    plan = submitted(course_dir, names)
+    if not plan:
+        raise ValueError(f"course_dir: no submissions in {course_dir / 'submitted'} (STUDENT/ASSIGNMENT/ folders)")
+    if (course_dir / "shards").exists():
+        raise FileExistsError(f"course_dir: {course_dir / 'shards'} exists (an interrupted run?): remove it first")
+    shards = _student_shards(plan, workers)
+    run = ClassRun(course_dir, [], workers=len(shards))
+    threads = max(1, (os.cpu_count() or 1) // len(shards)) if len(shards) > 1 else None
+    total = sum(len(v) for v in plan.values())
+    bar = tqdm(total=total, unit="submission", desc="autograde", disable=not progress)
+    start = time.time()
+    if len(shards) > 1:
+        folders = [shard_course(course_dir, course_dir / "shards" / str(k), list(shard), shard)
+                   for k, shard in enumerate(shards)]
+    else:
+        folders = [course_dir]
+
+    def grade(folder: Path, shard: dict[str, list[str]]) -> None:
+        for name, students in shard.items():
+            grade_assignment(folder, name, tuple(students), run, bar.write, threads)
+
+    def graded() -> int:
+        return sum(p.stat().st_mtime >= start for folder, shard in zip(folders, shards) for name, students in shard.items()
+                   for p in (folder / "autograded" / s / name / f"{name}.ipynb" for s in students) if p.exists())
+
+    try:
+        with ThreadPoolExecutor(len(shards)) as pool:  # threads suffice: the work is nbgrader's processes
+            futures = [pool.submit(grade, f, shard) for f, shard in zip(folders, shards)]
+            while not all(f.done() for f in futures):
+                time.sleep(1.0)
+                bar.update(graded() - bar.n)
+            for f in futures:
+                f.result()  # a worker's exception is raised here
+            bar.update(graded() - bar.n)
+    finally:
+        bar.close()
+    if len(shards) > 1:
+        for folder, shard in zip(folders, shards):
+            merge_shard(course_dir, folder, list(shard), shard)
+        shutil.rmtree(course_dir / "shards")
+    run.grade_seconds = time.time() - start
+    run.scores = gradebook_scores(course_dir)
+    worker_of = {(a, s): k for k, shard in enumerate(shards) for a, students in shard.items() for s in students}
+    with Gradebook(_gradebook_url(course_dir)) as gb:
+        max_score = {a: gb.find_assignment(a).max_score for a in plan}
+    csv_path = Path(csv_path) if csv_path else course_dir / "autograde_times.csv"
+    with open(csv_path, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["assignment", "student", "worker", "seconds", "score", "max_score"])
+        for a, students in plan.items():
+            for s in students:
+                got = run.scores.get((s, a))
+                out.writerow([a, s, worker_of[(a, s)], f"{run.student_seconds.get(a, {}).get(s, float('nan')):.1f}",
+                              "" if got is None else f"{sum(v or 0 for v in got.values()):g}", f"{max_score[a]:g}"])
+    return run
