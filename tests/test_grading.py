@@ -266,6 +266,20 @@ def test_student_shards_split_every_assignment_evenly(tmp_path, capsys):
         autograde.autograde_class(tmp_path, workers=0)
 
 
+def test_autograde_command_refuses_an_assignment_the_gradebook_lacks(tmp_path, monkeypatch):
+    from nbgrader.api import Gradebook
+
+    monkeypatch.setenv("PATH", f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")  # alembic
+    (tmp_path / "nbgrader_config.py").write_text("c = get_config()\n")
+    with Gradebook(f"sqlite:///{tmp_path / 'gradebook.db'}") as gb:
+        gb.add_assignment("00-a")
+    for a in ("00-a", "01-b"):
+        (tmp_path / "submitted" / "ann" / a).mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"names: \['01-b'\] not in .*nbgrader generate_assignment 01-b"):
+        autograde.autograde_class(tmp_path, progress=False)
+    assert not (tmp_path / "shards").exists() and not (tmp_path / "autograde_times.csv").exists(), "nothing written"
+
+
 @pytest.mark.slow
 def test_autograde_command_grades_a_class_in_parallel(tmp_path, capsys):
     """The instructor's command on a real nbgrader course: two workers, each a share of the

@@ -264,6 +264,12 @@ def autograde_class(course_dir: Path, names: list[str] | None = None, workers: i
         raise ValueError(f"course_dir: no submissions in {course_dir / 'submitted'} (STUDENT/ASSIGNMENT/ folders)")
     if (course_dir / "shards").exists():
         raise FileExistsError(f"course_dir: {course_dir / 'shards'} exists (an interrupted run?): remove it first")
+    with Gradebook(_gradebook_url(course_dir)) as gb:
+        known = {a.name: a.max_score for a in gb.assignments}
+    unknown = [a for a in plan if a not in known]
+    if unknown:
+        raise ValueError(f"names: {unknown} not in {course_dir / 'gradebook.db'}; run `nbgrader generate_assignment "
+                         f"{unknown[0]}` first (it records the assignment's graded cells)")
     shards = _student_shards(plan, workers)
     run = ClassRun(course_dir, [], workers=len(shards))
     threads = max(1, (os.cpu_count() or 1) // len(shards)) if len(shards) > 1 else None
@@ -302,8 +308,6 @@ def autograde_class(course_dir: Path, names: list[str] | None = None, workers: i
     run.grade_seconds = time.time() - start
     run.scores = gradebook_scores(course_dir)
     worker_of = {(a, s): k for k, shard in enumerate(shards) for a, students in shard.items() for s in students}
-    with Gradebook(_gradebook_url(course_dir)) as gb:
-        max_score = {a: gb.find_assignment(a).max_score for a in plan}
     csv_path = Path(csv_path) if csv_path else course_dir / "autograde_times.csv"
     with open(csv_path, "w", newline="") as fh:
         out = csv.writer(fh)
@@ -312,5 +316,5 @@ def autograde_class(course_dir: Path, names: list[str] | None = None, workers: i
             for s in students:
                 got = run.scores.get((s, a))
                 out.writerow([a, s, worker_of[(a, s)], f"{run.student_seconds.get(a, {}).get(s, float('nan')):.1f}",
-                              "" if got is None else f"{sum(v or 0 for v in got.values()):g}", f"{max_score[a]:g}"])
+                              "" if got is None else f"{sum(v or 0 for v in got.values()):g}", f"{known[a]:g}"])
     return run
