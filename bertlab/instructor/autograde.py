@@ -66,7 +66,6 @@ def _nbgrader_cpu(course_dir: Path, *args: str, threads: int | None = None) -> t
     return proc, usage.ru_utime + usage.ru_stime
 
 
-
 # --------------------------------------------------------------------------- a class's grading
 @dataclass
 class ClassRun:
@@ -121,7 +120,7 @@ def grade_workers() -> int:
 
 
 def shard_course(course_dir: Path, shard_dir: Path, names: list[str],
-                  students: dict[str, list[str]] | None = None) -> Path:
+                 students: dict[str, list[str]] | None = None) -> Path:
     """A copy of the course that grades ``names`` only: the config, the gradebook (so its
     assignments and cells are the course's), their solutions and their submissions (of
     ``students[name]`` only, when given)."""
@@ -208,6 +207,41 @@ def grade_assignment(course_dir: Path, name: str, students: tuple[str, ...], run
     run.logs[f"generate_feedback {name}"] = run.logs.get(f"generate_feedback {name}", "") + proc.stdout + proc.stderr
 
 
+def grade_shards(course_dir: Path, shards: list[dict[str, list[str]]], run: ClassRun, log=print,
+                 tick=None) -> None:
+    """Grade each shard (``{assignment: students}``) with a worker of its own, then merge.
+
+    One shard is graded in ``course_dir`` itself; several each in a copy of the course
+    (``shards/K``, :func:`shard_course`), merged back (:func:`merge_shard`) and removed. Each
+    worker's kernels get their share of the cores. ``tick(folders)``, if given, is called about
+    once a second while the workers run (a progress bar counts their autograded notebooks).
+    """
+    if not shards:
+        return
+    threads = max(1, (os.cpu_count() or 1) // len(shards)) if len(shards) > 1 else None
+    log(f"grading {sum(len(v) for shard in shards for v in shard.values())} submissions with {len(shards)} worker(s)"
+        + (f", {threads} torch thread(s) per kernel" if threads else "") + f": {[list(shard) for shard in shards]}")
+    folders = ([shard_course(course_dir, course_dir / "shards" / str(k), list(shard), shard) for k, shard in enumerate(shards)]
+               if len(shards) > 1 else [course_dir])
+
+    def grade(folder: Path, shard: dict[str, list[str]]) -> None:
+        for name, students in shard.items():
+            grade_assignment(folder, name, tuple(students), run, log, threads)
+
+    with ThreadPoolExecutor(len(shards)) as pool:  # threads suffice: the work is nbgrader's processes
+        futures = [pool.submit(grade, folder, shard) for folder, shard in zip(folders, shards)]
+        while not all(f.done() for f in futures):
+            time.sleep(1.0)
+            if tick is not None:
+                tick(folders)
+        for f in futures:
+            f.result()  # a worker's exception is raised here
+    if len(shards) > 1:
+        for folder, shard in zip(folders, shards):
+            merge_shard(course_dir, folder, list(shard), shard)
+        shutil.rmtree(course_dir / "shards")
+
+
 # --------------------------------------------------------------------------- a real class, in parallel
 def submitted(course_dir: Path, names: list[str] | None = None) -> dict[str, list[str]]:
     """``{assignment: students}`` with a notebook folder in ``course_dir``/submitted/ (where
@@ -272,39 +306,19 @@ def autograde_class(course_dir: Path, names: list[str] | None = None, workers: i
                          f"{unknown[0]}` first (it records the assignment's graded cells)")
     shards = _student_shards(plan, workers)
     run = ClassRun(course_dir, [], workers=len(shards))
-    threads = max(1, (os.cpu_count() or 1) // len(shards)) if len(shards) > 1 else None
-    total = sum(len(v) for v in plan.values())
-    bar = tqdm(total=total, unit="submission", desc="autograde", disable=not progress)
+    bar = tqdm(total=sum(len(v) for v in plan.values()), unit="submission", desc="autograde", disable=not progress)
     start = time.time()
-    if len(shards) > 1:
-        folders = [shard_course(course_dir, course_dir / "shards" / str(k), list(shard), shard)
-                   for k, shard in enumerate(shards)]
-    else:
-        folders = [course_dir]
 
-    def grade(folder: Path, shard: dict[str, list[str]]) -> None:
-        for name, students in shard.items():
-            grade_assignment(folder, name, tuple(students), run, bar.write, threads)
-
-    def graded() -> int:
-        return sum(p.stat().st_mtime >= start for folder, shard in zip(folders, shards) for name, students in shard.items()
-                   for p in (folder / "autograded" / s / name / f"{name}.ipynb" for s in students) if p.exists())
+    def tick(folders: list[Path]) -> None:  # the autograded notebooks written since the start
+        done = sum(p.stat().st_mtime >= start for folder in folders for a, students in plan.items()
+                   for p in (folder / "autograded" / s / a / f"{a}.ipynb" for s in students) if p.exists())
+        bar.update(done - bar.n)
 
     try:
-        with ThreadPoolExecutor(len(shards)) as pool:  # threads suffice: the work is nbgrader's processes
-            futures = [pool.submit(grade, f, shard) for f, shard in zip(folders, shards)]
-            while not all(f.done() for f in futures):
-                time.sleep(1.0)
-                bar.update(graded() - bar.n)
-            for f in futures:
-                f.result()  # a worker's exception is raised here
-            bar.update(graded() - bar.n)
+        grade_shards(course_dir, shards, run, bar.write, tick)
+        tick([course_dir])  # merged back (copies keep their times)
     finally:
         bar.close()
-    if len(shards) > 1:
-        for folder, shard in zip(folders, shards):
-            merge_shard(course_dir, folder, list(shard), shard)
-        shutil.rmtree(course_dir / "shards")
     run.grade_seconds = time.time() - start
     run.scores = gradebook_scores(course_dir)
     worker_of = {(a, s): k for k, shard in enumerate(shards) for a, students in shard.items() for s in students}

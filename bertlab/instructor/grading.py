@@ -30,19 +30,16 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bertlab.instructor import course
 from bertlab.instructor.autograde import (
     ClassRun,
     autograde_class,
-    grade_assignment,
+    grade_shards,
     grade_workers,
     gradebook_scores,
-    merge_shard,
     nbgrader,
-    shard_course,
 )
 from bertlab.instructor.feedback import check_feedback
 from bertlab.instructor.submissions import ALL_SCENARIOS, HOSTILE_SCENARIOS, SCENARIOS, WRONG, Submission, fabricate
@@ -133,28 +130,10 @@ def run_class(course_dir: Path, names: list[str] | None = None, scenarios=SCENAR
         released = read(course_dir / "notebooks" / name / f"{name}.ipynb")
         subs += fabricate(name, solution, released, plan[name])
     write_submissions(course_dir, subs)
-    shards = _shards(plan, workers)
+    shards = [{name: list(plan[name]) for name in shard} for shard in _shards(plan, workers)]
     run = ClassRun(course_dir, subs, workers=max(len(shards), 1))
-    # each worker's kernels get their share of the cores
-    threads = max(1, (os.cpu_count() or 1) // len(shards)) if len(shards) > 1 else None
-    log(f"grading {len(subs)} submissions with {run.workers} worker(s)"
-        + (f", {threads} torch thread(s) per kernel" if threads else "") + f": {shards}")
-
-    def grade(folder: Path, shard: list[str]) -> None:
-        for name in shard:
-            grade_assignment(folder, name, plan[name], run, log, threads)
-
     start = time.time()
-    if len(shards) > 1:
-        folders = [shard_course(course_dir, course_dir / "shards" / str(k), shard) for k, shard in enumerate(shards)]
-        with ThreadPoolExecutor(len(shards)) as pool:  # threads suffice: the work is nbgrader's processes
-            list(pool.map(grade, folders, shards))  # list(): a worker's exception is raised here
-        for folder, shard in zip(folders, shards):
-            merge_shard(course_dir, folder, shard)
-        shutil.rmtree(course_dir / "shards")
-    else:
-        for shard in shards:
-            grade(course_dir, shard)
+    grade_shards(course_dir, shards, run, log)
     run.grade_seconds = time.time() - start
     proc = nbgrader(course_dir, "export")
     run.logs["export"] = proc.stdout + proc.stderr
