@@ -16,7 +16,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # Jupyter refuses to run as root unless told; containers and workshop VMs often are root.
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup lab lab-instructor test test-fast course release validate lock clean
+.PHONY: setup lab lab-instructor test test-full test-fast course release validate lock clean
 
 # Create the virtual environment if there is none and install the course into it.
 # torch==2.13.0 is pinned: on the course machines pip takes the local CPU wheel,
@@ -42,9 +42,15 @@ lab-instructor: setup
 	JUPYTER_CONFIG_PATH="$(CURDIR)/.jupyter/instructor$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}" \
 	  $(BIN)/jupyter lab --notebook-dir=. $(ROOT_ARGS) $(LAB_ARGS)
 
-# Set up, then run every test (package, data, notebooks, grading round trip).
+# Set up, then run every test (package, data, notebooks, grading round trip, mutation suite). Each
+# solution notebook runs top to bottom in grading mode there (the simulated class's perfect student);
+# `make test-full` also runs each one in full, as a learner does, with its checked ranges
+# (README, "Which tests run where"). CI runs `make test`.
 test: setup
 	$(BIN)/python -m pytest
+
+test-full: setup
+	$(BIN)/python -m pytest --full
 
 # Package and data tests only: no notebook execution (seconds, not minutes).
 test-fast: setup

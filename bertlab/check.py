@@ -51,8 +51,9 @@ def expect(claim: str, holds: bool, measured: str = "") -> bool:
     """Check a notebook's own result against what its "What you should see" box states.
 
     Prints ``as expected: <claim> (<measured>)`` when ``holds``; raises AssertionError
-    otherwise, so a full run (``make test``) that falls outside fails. In grading mode
-    (``NBGRADER_EXECUTION`` set) the runs are reduced, so the claim is printed, not checked.
+    otherwise, so a full run (``make course``, ``make test-full``) that falls outside fails. In
+    grading mode (``NBGRADER_EXECUTION`` set) the runs are reduced, so the claim is printed, not
+    checked.
     """
     import os
 

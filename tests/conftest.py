@@ -25,8 +25,26 @@ assert netblock.__file__.startswith(str(NETBLOCK)), f"another sitecustomize shad
 netblock.install()
 
 
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true", default=False,
+                     help="also run every solution notebook in full, as a learner does (make test-full)")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "network_attempt: the test expects blocked network attempts")
+
+
+#: Why `make test` (CI) skips the learner's full runs; README, "Which tests run where".
+FULL_ONLY = ("a learner's full run of every notebook (about 35 minutes on 2 cores): make test-full or make course;"
+             " make test runs each solution top to bottom in grading mode (the simulated class's perfect student)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--full"):
+        return
+    for item in items:
+        if item.get_closest_marker("full") is not None:
+            item.add_marker(pytest.mark.skip(reason=FULL_ONLY))
 
 
 @pytest.fixture(autouse=True)

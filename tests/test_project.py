@@ -106,3 +106,33 @@ def test_make_runs_torch_with_passive_openmp_waits():
     out = subprocess.run(probe, cwd=ROOT, input=rule, env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "ACTIVE", "a user's own setting wins"
+
+
+def test_make_test_skips_only_the_full_runs_and_test_full_runs_them():
+    """CI (`make test`) grades each solution in grading mode and skips the learner's full runs;
+    `make test-full` (pytest --full) runs them too (README, "Which tests run where")."""
+    from types import SimpleNamespace
+
+    import conftest
+
+    class Item:
+        def __init__(self, marks):
+            self.marks = list(marks)
+
+        def get_closest_marker(self, name):
+            return next((m for m in self.marks if getattr(m, "name", None) == name), None)
+
+        def add_marker(self, mark):
+            self.marks.append(mark.mark)
+
+    def skipped(full):
+        items = [Item([SimpleNamespace(name="slow"), SimpleNamespace(name="full")]), Item([SimpleNamespace(name="slow")])]
+        conftest.pytest_collection_modifyitems(SimpleNamespace(getoption=lambda name: full), items)
+        return [any(getattr(m, "name", None) == "skip" for m in item.marks) for item in items]
+
+    assert skipped(full=False) == [True, False], "make test must skip the full runs and nothing else"
+    assert skipped(full=True) == [False, False], "--full must run the full runs"
+    make = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test-full: setup\n\t\$\(BIN\)/python -m pytest --full$", make, re.M), "make test-full must pass --full"
+    marked = re.findall(r"@pytest\.mark\.full\n(?:@.*\n)*def (\w+)", (ROOT / "tests" / "test_notebooks.py").read_text())
+    assert marked == ["test_every_solution_runs_top_to_bottom"], marked
