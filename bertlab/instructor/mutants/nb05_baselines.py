@@ -3,10 +3,12 @@ from bertlab.instructor.mutants import edit
 
 REMAINDERS = 'quota[np.argsort(-(exact - quota), kind="stable")[:left]] += 1'
 PICK = "picked = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)]"
-AGG = 'return frame.groupby(["model", "budget"])[metric].agg(mean="mean", std="std", seeds="count")'
-
-SUMMARIZE_HEAD = '''def summarize(runs, metric="macro_f1"):
-    """Mean, sample std and number of seeds of `metric` per (model, budget)."""
+DRAW = "idx = rng.integers(0, n, size=n)  # n reports drawn with replacement; both models scored on them"
+DIFF = "diffs[k] = metric(y_true[idx], pred_a[idx]) - metric(y_true[idx], pred_b[idx])"
+QUANTILES = "low, high = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])"
+WHOLE = "return float(metric(y_true, pred_a) - metric(y_true, pred_b)), float(low), float(high)"
+BOOTSTRAP_HEAD = '''def paired_bootstrap(metric, y_true, pred_a, pred_b, n_boot=1000, level=0.95, seed=0):
+    """metric(a) - metric(b) on the whole test set, and its `level` interval from `n_boot` paired resamples."""
 '''
 
 MUTANTS = {
@@ -27,22 +29,25 @@ MUTANTS = {
         # drawn with replacement: the same report twice
         "with replacement": edit((PICK, "picked = [rng.choice(np.flatnonzero(labels == c), q) for c, q in zip(classes, quota)]")),
     },
-    "summarize": {
-        # the population standard deviation
-        "std with ddof=0": edit((AGG, 'return frame.groupby(["model", "budget"])[metric].agg(mean="mean", std=lambda s: s.std(ddof=0), seeds="count")')),
-        # 0 instead of NaN for a single seed
-        "std 0 for one seed": edit((AGG, AGG + ".fillna({'std': 0.0})")),
-        # macro_f1 typed in: the metric argument is ignored
-        "metric ignored": edit((AGG, AGG.replace("[metric]", '["macro_f1"]'))),
-        # groups in order of appearance
-        "unsorted groups": edit((AGG, AGG.replace('groupby(["model", "budget"])', 'groupby(["model", "budget"], sort=False)'))),
-        # (model, budget) as columns, not as the index
-        "flat index": edit((AGG, AGG + ".reset_index()")),
-        # seeds counted as distinct seed values
-        "distinct seeds": SUMMARIZE_HEAD + (
-            "    frame = pd.DataFrame(list(runs))\n"
-            "    g = frame.groupby(['model', 'budget'])\n"
-            "    return pd.DataFrame({'mean': g[metric].mean(), 'std': g[metric].std(), 'seeds': g['seed'].nunique()})\n"),
+    "paired_bootstrap": {
+        # each model scored on its own draw: the interval counts each report's luck twice
+        "unpaired": edit((DIFF, "other = rng.integers(0, n, size=n)\n"
+                                "        diffs[k] = metric(y_true[idx], pred_a[idx]) - metric(y_true[other], pred_b[other])")),
+        # a permutation: every draw is the test set itself, the interval has no width
+        "without replacement": edit((DRAW, "idx = rng.permutation(n)")),
+        # the 90% percentiles whatever the level
+        "percentiles 5 and 95": edit((QUANTILES, "low, high = np.quantile(diffs, [0.05, 0.95])")),
+        # 95% typed in: level ignored
+        "level ignored": edit((QUANTILES, "low, high = np.quantile(diffs, [0.025, 0.975])")),
+        # the mean of the resampled differences instead of the difference on the whole test set
+        "mean of the draws": edit((WHOLE, "return float(diffs.mean()), float(low), float(high)")),
+        # the labels left in order: each prediction compared with another report's label
+        "labels not resampled": edit((DIFF, "diffs[k] = metric(y_true, pred_a[idx]) - metric(y_true, pred_b[idx])")),
+        # a fresh generator: the same seed gives another interval
+        "seed ignored": edit(("rng = np.random.default_rng(seed)", "rng = np.random.default_rng()")),
+        # b - a
+        "sign reversed": edit((DIFF, "diffs[k] = metric(y_true[idx], pred_b[idx]) - metric(y_true[idx], pred_a[idx])"),
+                              (WHOLE, "return float(metric(y_true, pred_b) - metric(y_true, pred_a)), float(low), float(high)")),
     },
 }
 
@@ -54,14 +59,13 @@ ALTERNATIVES = {
             (PICK, "picked = [np.random.default_rng([seed, int(j)]).choice(np.flatnonzero(labels == c), q, replace=False)\n"
                    "              for j, (c, q) in enumerate(zip(classes, quota))]")),
     },
-    "summarize": {
-        "a loop over the groups": SUMMARIZE_HEAD + (
-            "    groups = {}\n"
-            "    for r in runs:\n"
-            "        groups.setdefault((r['model'], r['budget']), []).append(r[metric])\n"
-            "    keys = sorted(groups)\n"
-            "    rows = [{'mean': float(np.mean(groups[k])), 'std': float(np.std(groups[k], ddof=1)) if len(groups[k]) > 1 else np.nan,\n"
-            "             'seeds': len(groups[k])} for k in keys]\n"
-            "    return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(keys, names=['model', 'budget']))\n"),
+    "paired_bootstrap": {
+        "all draws at once, percentiles in per cent": BOOTSTRAP_HEAD + (
+            "    y, a, b = (np.asarray(v) for v in (y_true, pred_a, pred_b))\n"
+            "    draws = np.random.default_rng(seed).choice(len(y), size=(n_boot, len(y)), replace=True)\n"
+            "    deltas = [metric(y[i], a[i]) - metric(y[i], b[i]) for i in draws]\n"
+            "    tail = 100 * (1 - level) / 2\n"
+            "    low, high = np.percentile(deltas, [tail, 100 - tail])\n"
+            "    return float(metric(y, a) - metric(y, b)), float(low), float(high)\n"),
     },
 }
