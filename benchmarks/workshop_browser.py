@@ -122,9 +122,22 @@ def learner_view(hub_url: str, user: str, password: str, assignment: str, png: P
                  document.querySelector('#login_submit').click(); true""")
         b.wait("!!document.querySelector('.lm-MenuBar-item') && location.pathname.includes('/lab')",
                "JupyterLab after logging in", timeout=180)
-        b.click_text(".lm-MenuBar-itemLabel", "Nbgrader", "the Nbgrader menu")
-        menu = b.wait("[...document.querySelectorAll('.lm-Menu-itemLabel')].map(e => e.innerText.trim())"
-                      ".filter(Boolean)", "the Nbgrader menu's items")
+        # the Lab is usable once its splash screen is gone; a click while it restores its layout
+        # can open a menu that closes again: retry
+        b.wait("!document.querySelector('#jupyterlab-splash')", "JupyterLab's splash screen to go", timeout=180)
+        time.sleep(2.0)
+        for attempt in range(3):
+            b.click_text(".lm-MenuBar-itemLabel", "Nbgrader", "the Nbgrader menu")
+            try:
+                menu = b.wait("(() => { const m = [...document.querySelectorAll('.lm-Menu-itemLabel')]"
+                              ".map(e => e.innerText.trim()).filter(Boolean); return m.length ? m : null; })()",
+                              "the Nbgrader menu's items", timeout=15)
+                break
+            except TimeoutError:
+                if attempt == 2:
+                    raise
+                b.send("Input.dispatchKeyEvent", type="keyDown", key="Escape", windowsVirtualKeyCode=27)
+                time.sleep(2.0)
         b.click_text(".lm-Menu-itemLabel", "Assignment List", "Assignment List in the Nbgrader menu")
         panel = "document.querySelector('#fetched_assignments_list')"
         text = b.wait(f"""(() => {{ const p = {panel}; if (!p) return null; const t = p.innerText;
@@ -136,5 +149,11 @@ def learner_view(hub_url: str, user: str, password: str, assignment: str, png: P
         submitted = b.js("document.querySelector('#submitted_assignments_list')?.innerText || ''")
         return {"menu": menu, "downloaded": " ".join(text.split()), "released": " ".join(released.split()),
                 "submitted": " ".join(submitted.split()), "screenshot": str(png)}
+    except Exception:
+        try:  # what the learner saw instead
+            b.screenshot(png.with_name(png.stem + "-failed.png"))
+        except Exception:  # noqa: BLE001  (the page may be gone: the first error is the one to see)
+            pass
+        raise
     finally:
         b.close()
