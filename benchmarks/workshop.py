@@ -113,6 +113,9 @@ def setup_accounts(w: hub.Workshop, out: Path) -> str:
         raise RuntimeError(f"accounts {taken} exist and are not this workshop's ({MARK!r}): pick other names")
     for user in w.users:
         sh("useradd", "--create-home", "--shell", "/bin/bash", "--comment", MARK, user)
+        # Debian's useradd makes homes 755: everyone would read the instructor's solutions/ and
+        # gradebook, and each other's notebooks
+        os.chmod(w.home(user), 0o700)
     # Each user's server runs the course's Python: let the users through folders they cannot enter
     # (traverse only, x, by an ACL), restored from a saved copy at the end
     blockers = traversal_blockers([sys.executable, os.path.realpath(sys.executable), w.venv, w.repo])
@@ -283,6 +286,22 @@ def autograde(w: hub.Workshop, out: Path) -> str:
     return f"{proc.stdout.strip().splitlines()[-1][:90]} | {probe.stdout.strip()[:70]}"
 
 
+def check_privacy(w: hub.Workshop) -> str:
+    """A learner cannot read the instructor's course (hidden tests, gradebook) nor another learner's work."""
+    spy, other = w.learners[1], w.learners[0]
+    probes = {"the instructor's solutions": w.course_dir() / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb",
+              "the gradebook": w.course_dir() / "gradebook.db",
+              f"{other}'s notebook": w.home(other) / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"}
+    missing = [str(p) for p in probes.values() if not p.exists()]
+    if missing:
+        raise RuntimeError(f"nothing to probe at {missing}")
+    read = [what for what, path in probes.items()
+            if sh("runuser", "-u", spy, "--", "head", "-c1", path, check=False).returncode == 0]
+    if read:
+        raise RuntimeError(f"{spy} can read {read}")
+    return f"{spy} cannot read {', '.join(probes)}"
+
+
 def check_scores(w: hub.Workshop, expected: dict) -> str:
     scores = gradebook_scores(w.course_dir())
     got = {u: sum(v or 0 for v in scores.get((u, ASSIGNMENT), {}).values()) for u in w.learners}
@@ -316,7 +335,8 @@ def browser(h: Hub, user: str, out: Path) -> str:
     leaked = [m for m in seen["menu"] if m in ("Formgrader", "Create assignment", "Course List")]
     if leaked:
         raise RuntimeError(f"the learner's Nbgrader menu shows instructor items {leaked}")
-    return f"menu {seen['menu']}; downloaded: {seen['downloaded'][:90]!r}; screenshot {seen['screenshot']}"
+    return (f"Nbgrader menu {seen['menu']}; downloaded {seen['downloaded'][:40]!r}; "
+            f"submitted {seen['submitted'][:80]!r}; {Path(seen['screenshot']).name}")
 
 
 def main(argv=None) -> int:
@@ -349,6 +369,7 @@ def main(argv=None) -> int:
         steps("instructor: collect (formgrader)", h.formgrader, "collect")
         steps("instructor: parallel autograde + feedback", autograde, w, out)
         steps("instructor: scores as expected", check_scores, w, expected)
+        steps("permissions: a learner reads no one else's files", check_privacy, w)
         steps("instructor: release feedback (formgrader)", h.formgrader, "release_feedback")
         steps("learner1: fetch feedback (assignments API)", fetch_feedback, h, "learner1")
         steps("learner1: Assignments tab in headless Chromium", browser, h, "learner1", out)

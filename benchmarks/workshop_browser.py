@@ -112,7 +112,7 @@ class Browser:
 
 def learner_view(hub_url: str, user: str, password: str, assignment: str, png: Path) -> dict:
     """Log ``user`` in, open their Assignments panel, wait until it lists ``assignment`` as
-    fetched with its feedback, save a screenshot to ``png``; what the learner saw."""
+    downloaded and as submitted with its feedback, save a screenshot to ``png``; what they saw."""
     b = Browser()
     try:
         b.send("Page.navigate", url=f"{hub_url}/hub/login?next=/user/{user}/lab")
@@ -139,16 +139,17 @@ def learner_view(hub_url: str, user: str, password: str, assignment: str, png: P
                 b.send("Input.dispatchKeyEvent", type="keyDown", key="Escape", windowsVirtualKeyCode=27)
                 time.sleep(2.0)
         b.click_text(".lm-Menu-itemLabel", "Assignment List", "Assignment List in the Nbgrader menu")
-        panel = "document.querySelector('#fetched_assignments_list')"
-        text = b.wait(f"""(() => {{ const p = {panel}; if (!p) return null; const t = p.innerText;
-            return t.includes({json.dumps(assignment)}) && t.includes('view feedback') ? t : null; }})()""",
-                      f"{assignment} with '(view feedback)' under Downloaded assignments")
+        # the panel: "Downloaded assignments" lists the fetched notebook, "Submitted assignments"
+        # the submission with a "(view feedback)" link once the feedback is fetched
+        got = b.wait(f"""(() => {{ const [d, s] = ['#fetched_assignments_list', '#submitted_assignments_list']
+            .map(q => document.querySelector(q)?.innerText || ''); const a = {json.dumps(assignment)};
+            return d.includes(a) && s.includes(a) && s.includes('view feedback') ? [d, s] : null; }})()""",
+                     f"{assignment} under Downloaded assignments and with '(view feedback)' under Submitted")
         time.sleep(1.0)  # let the panel finish drawing
         b.screenshot(png)
         released = b.js("document.querySelector('#released_assignments_list')?.innerText || ''")
-        submitted = b.js("document.querySelector('#submitted_assignments_list')?.innerText || ''")
-        return {"menu": menu, "downloaded": " ".join(text.split()), "released": " ".join(released.split()),
-                "submitted": " ".join(submitted.split()), "screenshot": str(png)}
+        return {"menu": menu, "released": " ".join(released.split()), "downloaded": " ".join(got[0].split()),
+                "submitted": " ".join(got[1].split()), "screenshot": str(png)}
     except Exception:
         try:  # what the learner saw instead
             b.screenshot(png.with_name(png.stem + "-failed.png"))
