@@ -353,6 +353,8 @@ def main(argv=None) -> int:
                      extra_env=extra)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.png"):  # screenshots of an earlier run
+        stale.unlink()
     steps, h, expected = Steps(), None, {}
     try:
         steps("accounts: 3 learners and an instructor", setup_accounts, w, out)
