@@ -16,7 +16,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # Jupyter refuses to run as root unless told; containers and workshop VMs often are root.
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup lab lab-instructor test test-full test-fast course release validate lock clean
+.PHONY: setup lab lab-instructor test test-full test-fast course release validate workshop lock clean
 
 # Create the virtual environment if there is none and install the course into it.
 # torch==2.13.0 is pinned: on the course machines pip takes the local CPU wheel,
@@ -68,6 +68,22 @@ release: setup
 # Check your own work: `make validate NB=notebooks/00-welcome/00-welcome.ipynb`
 validate: setup
 	$(BIN)/nbgrader validate $(NB)
+
+# A workshop on a real JupyterHub, end to end (as root, on a machine of its own: it creates local
+# accounts learner1-3 and instructor, and removes them at the end): the hub on 127.0.0.1, release,
+# fetch, edit, submit, collect, parallel autograde, feedback, a learner's view in headless Chromium.
+# Installs the hub (PyPI), its proxy (npm, into .workshop/) and acl, chromium, bubblewrap (Debian).
+# docs/instructors.md, "A workshop on JupyterHub". WORKSHOP_ARGS="--out DIR" keeps the output elsewhere.
+WORKSHOP_HUB := jupyterhub==6.1.1
+WORKSHOP_PROXY := configurable-http-proxy@5.3.0
+WORKSHOP_ARGS ?=
+workshop: setup
+	$(PIP) install --quiet -c $(CONSTRAINTS) "$(WORKSHOP_HUB)"
+	@command -v setfacl >/dev/null && command -v chromium >/dev/null && command -v bwrap >/dev/null \
+	  && command -v npm >/dev/null || { apt-get update -q && apt-get install -y -q acl chromium bubblewrap npm; }
+	@test -x .workshop/node_modules/.bin/configurable-http-proxy || \
+	  npm install --prefix .workshop --no-save --no-audit --no-fund --loglevel=error $(WORKSHOP_PROXY)
+	$(BIN)/python benchmarks/workshop.py $(WORKSHOP_ARGS)
 
 # Refresh constraints.txt from the current environment after a deliberate upgrade.
 lock: setup
