@@ -152,7 +152,7 @@ def collapsed(predictions, num_labels: int, max_share: float = 0.8) -> Verdict:
     if pred.dim() != 1 or pred.numel() == 0 or pred.dtype.is_floating_point:
         raise ValueError(f"predictions must be class ids (N,) or logits (N, C) with N >= 1, got shape {tuple(pred.shape)}")
     counts = torch.bincount(pred.long(), minlength=num_labels)
-    share, top = (counts.max() / counts.sum()).item(), int(counts.argmax())
+    share, top = int(counts.max()) / int(counts.sum()), int(counts.argmax())  # Python floats: 8/10 is exactly 0.8
     return Verdict("predictions not collapsed", share <= max_share, share,
                    f"class {top} takes {share:.0%} of {pred.numel()} predictions; {int((counts > 0).sum())} of "
                    f"{num_labels} classes predicted (allowed up to {max_share:.0%})")

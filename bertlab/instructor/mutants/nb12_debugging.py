@@ -4,7 +4,7 @@ from bertlab.instructor.mutants import edit
 INIT_EVAL = """    was_training = model.training
     model.eval()
 """
-SHARE = "share = (counts.max() / counts.sum()).item()"
+SHARE = "share = counts.max().item() / counts.sum().item()"
 GRAD_BAD = "(p.grad is None or not torch.isfinite(p.grad).all() or not p.grad.any())"
 ZERO_FIRST = """    model.zero_grad(set_to_none=True)
     model.train()
