@@ -14,7 +14,7 @@ so a test or a notebook can act on it and a learner can print it:
 
 The practices: :func:`accumulation_step` (gradients of several small batches summed into one
 step equal to the large-batch step) and :func:`autocast` / :func:`grad_scaler` (mixed
-precision: bf16 on a CPU, fp16 with a gradient scaler on a GPU).
+precision: bf16 on a CPU and on GPUs that have it, fp16 with a gradient scaler on older GPUs).
 """
 from __future__ import annotations
 
@@ -286,8 +286,12 @@ def accumulation_step(model: nn.Module, batches: Sequence[Mapping], optimizer, s
 
 
 def precision_for(device) -> torch.dtype:
-    """The half precision to compute in on ``device``: bfloat16 on a CPU, float16 on a GPU."""
-    return torch.float16 if torch.device(device).type == "cuda" else torch.bfloat16
+    """The half precision to compute in on ``device``: bfloat16 on a CPU and on GPUs that have it, else float16.
+
+    The same choice as ``train.fit``'s ``mixed_precision="auto"`` on a GPU."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
 
 
 def autocast(device, enabled: bool = True):
@@ -299,9 +303,10 @@ def autocast(device, enabled: bool = True):
 
 
 def grad_scaler(device):
-    """A gradient scaler, enabled only for fp16 (on a GPU): it multiplies the loss so small gradients do not
-    underflow to 0 in fp16 and divides them back before the step. bf16 has fp32's range and needs none."""
-    return torch.amp.GradScaler("cuda", enabled=torch.device(device).type == "cuda")
+    """A gradient scaler, enabled only where :func:`precision_for` is fp16 (a GPU without bf16): it multiplies the
+    loss so small gradients do not underflow to 0 in fp16 and divides them back before the step. bf16 has fp32's
+    range and needs none."""
+    return torch.amp.GradScaler("cuda", enabled=precision_for(device) == torch.float16)
 
 
 def underflow(values: torch.Tensor, dtype: torch.dtype) -> float:

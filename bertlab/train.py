@@ -259,6 +259,7 @@ def make_accelerator(mixed_precision: str = "auto", device=None):
     Under ``accelerate launch`` it runs one process per GPU.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
 
     from bertlab import env
@@ -267,8 +268,14 @@ def make_accelerator(mixed_precision: str = "auto", device=None):
     if mixed_precision == "auto":
         gpu = device.type == "cuda"
         mixed_precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if gpu else "no"
+    # Accelerate keeps one state per process and refuses an Accelerator with another precision (or device) than
+    # the first one's; a notebook may train with mixed precision and without (notebook 12 does, on a GPU).
+    shared = AcceleratorState._shared_state
+    on_cpu = device.type == "cpu"
+    if shared and (shared.get("_mixed_precision") != mixed_precision or on_cpu != (shared["device"].type == "cpu")):
+        AcceleratorState._reset_state()
     # The [CLS] head leaves the encoder's pooler unused; DDP must be told, or it waits for its gradients.
-    return Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu",
+    return Accelerator(mixed_precision=mixed_precision, cpu=on_cpu,
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 

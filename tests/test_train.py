@@ -464,3 +464,10 @@ def test_max_steps_and_eval_every_with_a_dataloader_and_a_validation_function():
     assert [r["step"] for r in result.history] == [4, 8, 12, 14], "every eval_every steps, and after the last"
     assert len(calls) == 4 and result.best_score == 4.0 and not result.stopped_early
     assert all(r["val_score"] == i + 1 for i, r in enumerate(result.history))
+
+
+def test_make_accelerator_switches_precision_in_one_process():
+    # Accelerate's process-wide state refuses a second precision; a notebook may train with and without one.
+    assert train.make_accelerator("no", device="cpu").mixed_precision == "no"
+    assert train.make_accelerator("bf16", device="cpu").mixed_precision == "bf16"
+    assert train.make_accelerator("no", device="cpu").mixed_precision == "no"
