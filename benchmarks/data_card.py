@@ -13,6 +13,7 @@ Every figure is measured here on ``make_splits(fab)`` with the default sizes
 - the noise ceiling: how often the annotator's label equals the clean one,
 - duplicates across splits (exact text, near-duplicate key, nearest TF-IDF
   cosine of each test report to the training split),
+- entity spans per report by type and role (test split),
 - generation speed,
 - TF-IDF + logistic regression trained on fab A with 100, 500 and all
   training labels, tested on fab A (in-fab) and fabs B-E (cross-fab).
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bertlab.data import (  # noqa: E402
+    ENTITY_ROLES,
     FABS,
     HELDOUT_RATE,
     LABEL_NOISE_RATE,
@@ -134,6 +136,9 @@ def main():
             + len(keys["validation"] & keys["test"]),
             "max_test_train_cosine": round(float(nearest.max()), 3),
             "mean_test_train_cosine": round(float(nearest.mean()), 3)}
+        roles = collections.Counter((e.label, e.role) for r in s.test for e in r.entities)
+        f["entities_per_report"] = {f"{t}.{role}" if role else t: round(c / len(s.test), 2)
+                                    for (t, role), c in sorted(roles.items())}
         f["complexity"] = {
             "several_phenomena": round(float(np.mean([len(r.phenomena) > 1 for r in s.test])), 3),
             "ruled_out_phenomenon": round(float(np.mean([len(r.ruled_out) > 0 for r in s.test])), 3),
@@ -269,6 +274,16 @@ def render(card, splits) -> str:
         out.append(f"| {fab} | {pct(c['several_phenomena'])} | {pct(c['ruled_out_phenomenon'])} | "
                    f"{pct(c['heldout_paraphrase'])} | {d['exact']} | {d['near']} | "
                    f"{d['max_test_train_cosine']} / {d['mean_test_train_cosine']} |")
+
+    cols = [t for t in ("DEVICE", "WAFER", "DIE")] + [f"{t}.{r}" for t, rs in ENTITY_ROLES.items() for r in rs]
+    out += ["", "## Entity spans and their roles (test split)", "",
+            "Mean spans per report. A span's role is the slot of the report it filled: a measured value "
+            "of a failing phenomenon, an in-spec reading that rules one out, the spec it is compared with, a "
+            "test condition; the domain of the primary, a secondary or a ruled-out phenomenon. Roles are the "
+            "generator's truth (annotator noise touches the class labels only).", "",
+            "| fab | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for fab, f in card["fabs"].items():
+        out.append(f"| {fab} | " + " | ".join(f"{f['entities_per_report'].get(c, 0):.2f}" for c in cols) + " |")
 
     out += ["", "## Bag-of-words baseline", "",
             "TF-IDF (word 1-2 grams, sublinear tf, min_df 2) + logistic regression (C = 10), trained on fab A "

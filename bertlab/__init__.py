@@ -30,6 +30,7 @@ module                      nb    what it holds
 ``distill``                 08    the distillation loss, a student built from the teacher's layers
 ``deploy``                  09    INT8 quantization, ONNX export and Runtime, serving (``Predictor``)
 ``benchmark``               08-09 size on disk, latency percentiles, the benchmark table of every deployed variant
+``tokens``                  10    BIO tags from character spans and back, entity F1; QA windows, span decoding, SQuAD EM/F1
 ``artifacts``               04-09 the course's shared, cached models (which notebook builds each)
 ``artifacts_pretraining``   03,07 the cached pre-trained ones: the checkpoint's MLM head, continued pre-training
 ``debugging``               12    checks that find a broken fine-tune; gradient accumulation, mixed precision

@@ -17,7 +17,7 @@ MODULES = sorted(p for p in PACKAGE.rglob("*.py") if "data" not in p.relative_to
                  and "mutants" not in p.relative_to(PACKAGE).parts)
 # The library: what a notebook's learner reads. It never reads the fab's data nor builds the course's models.
 LIBRARY = ("args", "baselines", "benchmark", "cache", "check", "debugging", "deploy", "distill", "domain", "env", "frozen",
-           "model", "multitask", "plots", "pretrain_loop", "pretrained", "pretraining", "train", "vocab")
+           "model", "multitask", "plots", "pretrain_loop", "pretrained", "pretraining", "tokens", "train", "vocab")
 
 
 def _name(path: Path) -> str:

@@ -10,6 +10,7 @@ from bertlab.data import (
     ACTIONS,
     CAUSE_GIVEN_TYPE,
     ENTITY_LABELS,
+    ENTITY_ROLES,
     FAB_STYLES,
     FABS,
     FAILURE_TYPES,
@@ -115,7 +116,8 @@ def test_to_records_flat_and_dataframe_ready(splits):
     assert {"id", "fab", "text", *TASKS, "clean_failure_type", "entities"} <= set(df.columns)
     assert len(df) == 20 and df["id"].is_unique
     r0 = splits["A"].test[0]
-    assert recs[0]["entities"] == [{"start": e.start, "end": e.end, "label": e.label} for e in r0.entities]
+    assert recs[0]["entities"] == [{"start": e.start, "end": e.end, "label": e.label, "role": e.role}
+                                   for e in r0.entities]
     try:
         import datasets
     except ImportError:
@@ -287,3 +289,38 @@ def test_generation_speed():
     dt = time.perf_counter() - t
     print(f"100,000 reports in {dt:.1f} s ({len(rs) / dt:,.0f} reports/s)")
     assert len(rs) == 100_000 and dt < 60
+
+
+def test_entity_roles_left_every_report_unchanged():
+    """Roles ride in the entity marks and draw no random number: texts, labels and spans are
+    byte-identical to the generator before roles (hash computed on main at 26eb6aa)."""
+    import hashlib
+    h = hashlib.sha256()
+    for fab in FABS:
+        for split in ("train", "test"):
+            for r in generate_reports(400, fab=fab, split=split):
+                h.update(r.text.encode())
+                h.update(repr((r.failure_type, r.severity, r.root_cause, r.action, r.noisy, r.heldout)).encode())
+                h.update(repr([(e.start, e.end, e.label) for e in r.entities]).encode())
+    assert h.hexdigest() == "4a048264b4e09a1079bf373ea123c22430f5e5e67eb9ac820413188907eb7b40", (
+        "the reports changed: every cached model and checked range of notebooks 00-12 depends on them")
+
+
+def test_entity_roles_follow_the_slot_they_filled():
+    seen = collections.Counter()
+    for fab in FABS:
+        for r in generate_reports(300, fab=fab, split="test"):
+            for e in r.entities:
+                assert e.role in ENTITY_ROLES.get(e.label, ("",)), f"{e.label} has role {e.role!r}"
+                seen[e.label, e.role] += 1
+    assert all(seen[t, role] > 0 for t, roles in ENTITY_ROLES.items() for role in roles), seen
+    r = next(r for r in generate_reports(50, fab="A") if any(e.role == "spec" for e in r.entities))
+    spec = next(e for e in r.entities if e.role == "spec")
+    assert re.match(r"\s*(nominal|max|target|limit|spec)", r.text[spec.end:]) or re.search(
+        r"(vs|against|limit|should be|NOM|TGT|LIM|rated|must be)\s*(a limit of |a target of )?$",
+        r.text[:spec.start]), r.text
+    # a domain of the primary phenomenon: the report names that phenomenon as present
+    for r in generate_reports(200, fab="B"):
+        for e in r.entities:
+            if e.label == "DOMAIN" and e.role == "ruled_out":
+                assert r.ruled_out, "a ruled-out domain in a report that rules nothing out"

@@ -24,6 +24,10 @@ SEVERITIES = ("low", "medium", "high")
 ROOT_CAUSES = tuple(lx.CAUSES)
 ACTIONS = ("debug", "replace", "adjust", "monitor", "escalate", "ignore")
 ENTITY_LABELS = ("DEVICE", "WAFER", "DIE", "DOMAIN", "VOLTAGE", "CURRENT", "FREQUENCY", "TEMPERATURE", "TIME")
+#: Roles a span can play, per entity type (identifiers have none).
+ENTITY_ROLES = {"DOMAIN": ("primary", "secondary", "ruled_out"), "CURRENT": ("measured", "in_spec", "spec"),
+                "TIME": ("measured", "in_spec")} | {
+    t: ("measured", "in_spec", "spec", "condition") for t in ("VOLTAGE", "FREQUENCY", "TEMPERATURE")}
 STAGES = tuple(lx.STAGES)
 SPLITS = ("train", "validation", "test")
 LABELS = {"failure_type": FAILURE_TYPES, "severity": SEVERITIES, "root_cause": ROOT_CAUSES, "action": ACTIONS}
@@ -124,10 +128,18 @@ def action_of(severity: str, root_cause: str, stage: str, fab: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Entity:
-    """A labelled span: ``text[start:end]`` is the entity (character offsets)."""
+    """A labelled span: ``text[start:end]`` is the entity (character offsets).
+
+    ``role`` says which slot of the report the span filled (``ENTITY_ROLES``; "" for
+    identifiers): a value measured on a failing phenomenon, an in-spec reading that
+    rules one out, the spec it is compared with, or a test condition; the supply
+    domain of the primary, a secondary or a ruled-out phenomenon. Roles are the
+    generator's truth: annotator noise touches the class labels only.
+    """
     start: int
     end: int
     label: str
+    role: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,10 +192,11 @@ class _Pick:
         return self.items[bisect.bisect_right(self.cum, rng.random() * self.total)]
 
 
-def _mark(label: str, s: str) -> str:
+def _mark(label: str, s: str, role: str = "") -> str:
     # Entities travel inside the text between control characters until _resolve
     # strips them and records their offsets: spans stay right whatever the frame.
-    return f"\x01{label}\x02{s}\x03"
+    # The role rides in the mark too (no random draw), so adding it changed no report.
+    return f"\x01{label}:{role}\x02{s}\x03" if role else f"\x01{label}\x02{s}\x03"
 
 
 # Entities are immutable and repeat across reports (same offsets, same label):
@@ -191,22 +204,24 @@ def _mark(label: str, s: str) -> str:
 _ENTITIES: dict = {}
 
 
-_MARKS = re.compile("\x01([A-Z]+)\x02([^\x03]*)\x03")
-_MARK_CHARS = re.compile("\x01[A-Z]+\x02|\x03")
+_MARKS = re.compile("\x01([A-Z]+)(?::([a-z_]+))?\x02([^\x03]*)\x03")
+_MARK_CHARS = re.compile("\x01[A-Z]+(?::[a-z_]+)?\x02|\x03")
+# Which role a phenomenon's sentence gives the domain it names.
+_DOMAIN_ROLE = {True: "\x01DOMAIN:primary\x02", False: "\x01DOMAIN:secondary\x02", None: "\x01DOMAIN:ruled_out\x02"}
 
 
 def _resolve(raw: str, lower: bool = False) -> tuple[str, tuple[Entity, ...]]:
     """Strip the entity marks from ``raw``; return the text and its entities.
 
     ``lower`` lower-cases everything but the entities (fab E's style)."""
-    parts = _MARKS.split(raw)   # literal, label, value, literal, label, value, ..., literal
+    parts = _MARKS.split(raw)   # literal, label, role, value, literal, label, role, value, ..., literal
     ents, n, cache = [], 0, _ENTITIES
-    for k in range(0, len(parts) - 1, 3):
+    for k in range(0, len(parts) - 1, 4):
         if lower:
             parts[k] = parts[k].lower()
         n += len(parts[k])
-        end = n + len(parts[k + 2])
-        key = (n, end, parts[k + 1])
+        end = n + len(parts[k + 3])
+        key = (n, end, parts[k + 1], parts[k + 2] or "")
         e = cache.get(key)
         if e is None:
             e = cache[key] = Entity(*key)
@@ -215,7 +230,7 @@ def _resolve(raw: str, lower: bool = False) -> tuple[str, tuple[Entity, ...]]:
     if not lower:
         return _MARK_CHARS.sub("", raw), tuple(ents)
     parts[-1] = parts[-1].lower()
-    del parts[1::3]   # the labels
+    del parts[1::4], parts[1::3]   # the labels, then the roles
     return "".join(parts), tuple(ents)
 
 
@@ -327,11 +342,16 @@ class _Writer:
         self.r_type = ftype
         if self.rand() < MEASURE_RATE:
             m = self.measure(ftype, ok=not present)
-            return self.say(lx.OBSERVE_M if present else lx.NEGATE_M, p=self.phrase(ftype), m=m)
-        return self.say(lx.OBSERVE if present else lx.NEGATE, p=self.phrase(ftype))
+            s = self.say(lx.OBSERVE_M if present else lx.NEGATE_M, p=self.phrase(ftype), m=m)
+            if not present:
+                s = s.replace(":measured\x02", ":in_spec\x02")
+        else:
+            s = self.say(lx.OBSERVE if present else lx.NEGATE, p=self.phrase(ftype))
+        # The domain's role comes from the sentence it sits in: no new random draw.
+        return s.replace("\x01DOMAIN\x02", _DOMAIN_ROLE[(ftype == self.r_primary) if present else None])
 
     # -- values, entities and other slots (made by _Slots) --------------------
-    def _formatted(self, kind: str, label: str, values) -> list:
+    def _formatted(self, kind: str, label: str, values, role: str = "measured") -> list:
         """Every value in ``values`` in every format the fab uses, entity-marked.
 
         Drawing from this list is the same as drawing a value, then a format,
@@ -348,7 +368,7 @@ class _Writer:
                     s = f.format(x, a=x / 1000)
                 else:
                     s = f.format(x)
-                out.append(_mark(label, s))
+                out.append(_mark(label, s, role))
         return out
 
     def _value_tables(self) -> tuple[dict, dict]:
@@ -356,12 +376,13 @@ class _Writer:
         readings and for in-spec ones (a ruled-out phenomenon)."""
         fv, V, I, F, T, TIME = self._formatted, "VOLTAGE", "CURRENT", "FREQUENCY", "TEMPERATURE", "TIME"
         # per nominal: (nominal, out of spec, in spec)
-        self.v_tabs = {v: (fv("v", V, [v]), fv("v", V, [v * (0.84 + 0.01 * k) for k in range(14)]),
+        self.v_tabs = {v: (fv("v", V, [v], "spec"), fv("v", V, [v * (0.84 + 0.01 * k) for k in range(14)]),
                            fv("v", V, [v * (0.99 + 0.005 * k) for k in range(6)])) for v in _V_NOM}
-        self.f_tabs = {f: (fv("f", F, [f]), fv("f", F, [f * (0.80 + 0.01 * k) for k in range(19)]),
+        self.f_tabs = {f: (fv("f", F, [f], "spec"), fv("f", F, [f * (0.80 + 0.01 * k) for k in range(19)]),
                            fv("f", F, [f * (0.99 + 0.005 * k) for k in range(3)])) for f in _F_NOM}
-        shared = {"ilim": fv("i", I, range(100, 200, 10)), "iqlim": fv("i", I, (5, 8, 10, 15)),
-                  "tcmax": fv("tc", T, (105, 110, 125)), "tcond": fv("tc", T, (-40, 25, 85, 105, 125)),
+        shared = {"ilim": fv("i", I, range(100, 200, 10), "spec"), "iqlim": fv("i", I, (5, 8, 10, 15), "spec"),
+                  "tcmax": fv("tc", T, (105, 110, 125), "spec"),
+                  "tcond": fv("tc", T, (-40, 25, 85, 105, 125), "condition"),
                   "us": fv("us", TIME, range(2, 502, 5))}
         bad = shared | {"mv": fv("mv", V, range(20, 120, 2)), "i": fv("i", I, range(150, 1950, 7)),
                         "iq": fv("i", I, range(20, 300, 3)), "tc": fv("tc", T, range(105, 150)),
@@ -441,11 +462,13 @@ class _Writer:
             "dev": ids["dev"][int(rand() * 2999)], "wafer": ids["wafer"][int(rand() * 25)],
             "die": ids["die"][int(rand() * 144)], "stage": stages[int(rand() * len(stages))],
             "vnom": vnom, "fnom": fnom, "sev": sev,
-            "cond": f"{vnom}/{tcond}" if rand() < 0.5 else f"{vnom}, {tcond}, {fnom}",
+            "cond": (f"{vnom}/{tcond}" if rand() < 0.5 else f"{vnom}, {tcond}, {fnom}").replace(
+                ":spec\x02", ":condition\x02"),   # the nominals, as the conditions of the test
             "n": n, "k": 2 + int(min(n // 5, 12) * rand()), "pct": 3 + int(30 * rand()),
         }
 
         say = self.say
+        self.r_primary = ftype
         head = [say(lx.HEADER)]
         # A report that does not mention fallout is about a single unit.
         if impact != "single" or rand() < st.p_impact:
