@@ -33,6 +33,7 @@ module                      nb    what it holds
 ``tokens``                  10    BIO tags from character spans and back, entity F1; QA windows, span decoding, SQuAD EM/F1
 ``artifacts``               04-09 the course's shared, cached models (which notebook builds each)
 ``artifacts_pretraining``   03,07 the cached pre-trained ones: the checkpoint's MLM head, continued pre-training
+``family``                  11    the BERT family: dynamic masking, SOP, ALBERT's count, ELECTRA's RTD, FLOPs per step
 ``debugging``               12    checks that find a broken fine-tune; gradient accumulation, mixed precision
 ``cli``                     09    ``bertlab predict`` / ``bertlab export``
 ``instructor``              --    nbgrader tooling for instructors (release, run, grade); not course content

@@ -16,8 +16,9 @@ ROOT = PACKAGE.parent
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if "data" not in p.relative_to(PACKAGE).parts[:1]
                  and "mutants" not in p.relative_to(PACKAGE).parts)
 # The library: what a notebook's learner reads. It never reads the fab's data nor builds the course's models.
-LIBRARY = ("args", "baselines", "benchmark", "cache", "check", "debugging", "deploy", "distill", "domain", "env", "frozen",
-           "model", "multitask", "plots", "pretrain_loop", "pretrained", "pretraining", "tokens", "train", "vocab")
+LIBRARY = ("args", "baselines", "benchmark", "cache", "check", "debugging", "deploy", "distill", "domain", "env",
+           "family", "frozen", "model", "multitask", "plots", "pretrain_loop", "pretrained", "pretraining", "tokens", "train",
+           "vocab")
 
 
 def _name(path: Path) -> str:
