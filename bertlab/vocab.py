@@ -1,8 +1,9 @@
 """Vocabularies of the domain: one learnt from its text (notebook 03), and the subset of BERT's
 WordPieces a fab's reports actually use (notebooks 08 and 09).
 
-:func:`train_wordpiece` learns a BERT-style WordPiece vocabulary from domain text with
-``tokenizers`` and wraps it as a ``transformers`` fast tokenizer.
+:func:`train_wordpiece` learns a BERT-style WordPiece vocabulary from domain text
+(:func:`learn_wordpieces`: merge the most frequent pair, again and again) and wraps it as a
+``transformers`` fast tokenizer.
 
 A fab's reports use a small part of BERT's 30,522 WordPieces, yet the table of all of them
 is most of a small model's weights, and back-propagating into an ``nn.Embedding`` builds a
@@ -18,6 +19,8 @@ of a smaller table:
 from __future__ import annotations
 
 import copy
+import heapq
+from collections import Counter, defaultdict
 from contextlib import contextmanager
 from typing import Iterable, Sequence
 
@@ -166,19 +169,78 @@ def domain_vocabulary(tokenizer, texts: Sequence[str]) -> set[int]:
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
+def learn_wordpieces(word_counts: dict[str, int], size: int, prefix: str = "##") -> list[str]:
+    """The WordPiece tokens (at most ``size``) learnt from ``word_counts`` ({word: count}) by merging.
+
+    Start from the characters, a word's non-initial ones written ``##c``; then, until there
+    are ``size`` tokens, merge the most frequent adjacent pair of tokens into one
+    (``"##t" + "##he" -> "##the"``) everywhere it occurs. This is the rule ``tokenizers``'
+    WordPieceTrainer follows; here ties between equally frequent pairs go to the
+    alphabetically first pair, so every process learns the same vocabulary (the library
+    breaks ties in an order that changes from process to process). Stops early when no pair
+    is left. A heap holds the pair counts; an entry whose count changed since it was pushed
+    is stale and skipped.
+    """
+    ordered = sorted(word_counts)
+    words = [[w[0]] + [prefix + c for c in w[1:]] for w in ordered]
+    freq = [word_counts[w] for w in ordered]
+    tokens = sorted({t for w in words for t in w})
+    known = set(tokens)
+    pairs: Counter = Counter()
+    where: dict[tuple[str, str], set[int]] = defaultdict(set)  # pair -> the words it occurs in
+    for i, w in enumerate(words):
+        for pair in zip(w, w[1:]):
+            pairs[pair] += freq[i]
+            where[pair].add(i)
+    heap = [(-n, pair) for pair, n in pairs.items()]
+    heapq.heapify(heap)
+    while len(tokens) < size and heap:
+        n, (a, b) = heapq.heappop(heap)
+        if pairs.get((a, b)) != -n:
+            continue  # stale
+        merged = a + b[len(prefix):] if b.startswith(prefix) else a + b
+        if merged not in known:
+            known.add(merged)
+            tokens.append(merged)
+        changed = set()
+        for i in sorted(where.pop((a, b))):
+            w, out, j = words[i], [], 0
+            for pair in zip(w, w[1:]):
+                pairs[pair] -= freq[i]
+                where[pair].discard(i)
+                changed.add(pair)
+            while j < len(w):
+                if j + 1 < len(w) and w[j] == a and w[j + 1] == b:
+                    out.append(merged)
+                    j += 2
+                else:
+                    out.append(w[j])
+                    j += 1
+            words[i] = out
+            for pair in zip(out, out[1:]):
+                pairs[pair] += freq[i]
+                where[pair].add(i)
+                changed.add(pair)
+        for pair in changed:
+            if pairs[pair] > 0:
+                heapq.heappush(heap, (-pairs[pair], pair))
+            else:
+                del pairs[pair]
+                where.pop(pair, None)
+    return tokens
+
+
 def train_wordpiece(texts: Iterable[str], vocab_size: int = 2000, lowercase: bool = True):
     """A BERT-style WordPiece tokenizer with exactly ``vocab_size`` tokens, learnt from ``texts``.
 
     Returns a ``transformers.PreTrainedTokenizerFast`` (built from the ``tokenizers`` object,
     not from a vocab file) that adds ``[CLS] A [SEP] B [SEP]`` with segment ids 0/1, pads with
     ``[PAD]`` (id 0) and knows ``[MASK]``. Ids: the special tokens first (:data:`SPECIAL_TOKENS`),
-    then the learnt tokens in sorted order. The trainer breaks ties between equally frequent
-    merges in an order that changes from process to process, so a few rare tokens (pieces of
-    numbers, here) can differ between two runs on the same text; sorting gives the same ids
-    whenever the token sets agree. Raises ValueError when the text is too small to yield
-    ``vocab_size`` tokens.
+    then the learnt tokens (:func:`learn_wordpieces`, the same in every process) in sorted
+    order. Words are split as BERT splits them (its normalizer and pre-tokenizer). Raises
+    ValueError when the text is too small to yield ``vocab_size`` tokens.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     args.integer("vocab_size", vocab_size, low=len(SPECIAL_TOKENS) + 1)
@@ -194,10 +256,10 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 2000, lowercase: boo
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         return tok
 
-    learner = bare()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
-    learner.train_from_iterator(texts, trainer)
-    learnt = sorted(set(learner.get_vocab()) - set(SPECIAL_TOKENS))
+    splitter = bare()
+    words = Counter(w for t in texts
+                    for w, _ in splitter.pre_tokenizer.pre_tokenize_str(splitter.normalizer.normalize_str(t)))
+    learnt = sorted(set(learn_wordpieces(words, vocab_size - len(SPECIAL_TOKENS))) - set(SPECIAL_TOKENS))
     if len(learnt) + len(SPECIAL_TOKENS) != vocab_size:
         raise ValueError(
             f"the texts yield only {len(learnt) + len(SPECIAL_TOKENS)} WordPiece tokens, fewer than "

@@ -1,7 +1,9 @@
 """Pre-training runs (bertlab.pretrain_loop): domain vocabulary, loop, measurements, fill-mask, MLM head."""
 import inspect
 import math
+import os
 import random
+import subprocess
 import sys
 
 import pytest
@@ -16,7 +18,7 @@ from bertlab.data import domain_corpus
 from bertlab.model import BertConfig, BertForPreTraining
 from bertlab.plots import LivePlot
 from bertlab.pretraining import IGNORE_INDEX, PretrainingCollator, mlm_loss, nsp_pairs
-from bertlab.vocab import SPECIAL_TOKENS, train_wordpiece
+from bertlab.vocab import SPECIAL_TOKENS, learn_wordpieces, train_wordpiece
 
 V_DOMAIN = 300
 
@@ -79,6 +81,27 @@ def test_wordpiece_rejects_too_large_vocab_and_bad_text(texts):
         train_wordpiece(texts, 3)
     with pytest.raises(TypeError, match="texts"):
         train_wordpiece("one string", 100)
+
+
+def test_learn_wordpieces_hand_computed():
+    # "aab" x2, "ab" x3: pieces a ##a ##b; (a, ##b) occurs 3 times -> "ab"; then (##a, ##b) and
+    # (a, ##a) tie at 2 and the alphabetically first pair wins -> "##ab"; then (a, ##ab) -> "aab".
+    counts = {"aab": 2, "ab": 3}
+    assert learn_wordpieces(counts, 10) == ["##a", "##b", "a", "ab", "##ab", "aab"]  # no pair left: stops at 6
+    assert learn_wordpieces(counts, 5) == ["##a", "##b", "a", "ab", "##ab"]
+    assert learn_wordpieces({"ba": 1, "ab": 1}, 5) == ["##a", "##b", "a", "b", "ab"]  # a tie at 1: (a, ##b) first
+
+
+def test_wordpiece_vocabulary_is_the_same_in_every_process(texts):
+    """The same text gives the same vocabulary whatever the process's hash seed (tokenizers' trainer did not)."""
+    code = ("import sys; from bertlab.data import domain_corpus; from bertlab.vocab import train_wordpiece; "
+            "t = train_wordpiece([s for d in domain_corpus(120, seed=0) for s in d], 300); "
+            "print(sorted(t.get_vocab().items()))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout
+            for seed in (1, 2)}
+    assert len(outs) == 1, "two processes learnt different vocabularies from the same text"
+    assert outs.pop().strip() == str(sorted(train_wordpiece(texts, V_DOMAIN).get_vocab().items()))
 
 
 # --- measurements -------------------------------------------------------------------------------------
