@@ -139,27 +139,30 @@ def qa_windows(tokenizer, question: str, context: str, answer: tuple[int, int] |
     truncation). Each window: input_ids, token_type_ids, offsets (None outside the report) and
     start/end token positions of ``answer`` (character span), 0 ([CLS]) when the window does
     not hold it whole. Raises ValueError when the question leaves no room for the report."""
-    n_question = len(tokenizer(question, add_special_tokens=False)["input_ids"])
-    if n_question + 3 + stride >= max_length:
+    q = tokenizer(question, add_special_tokens=False)["input_ids"]
+    if len(q) + 3 + stride >= max_length:
         raise ValueError(f"max_length={max_length} leaves no room for the report after a question of "
-                         f"{n_question} tokens and stride={stride}: raise max_length or shorten the question")
-    enc = tokenizer(question, context, truncation="only_second", max_length=max_length, stride=stride,
-                    return_overflowing_tokens=windows, return_offsets_mapping=True)
-    ids = enc["input_ids"] if windows else [enc["input_ids"]]
+                         f"{len(q)} tokens and stride={stride}: raise max_length or shorten the question")
+    # The windows are cut here rather than by the tokenizer (return_overflowing_tokens), whose
+    # overflow rules have changed between tokenizers versions: consecutive windows share exactly
+    # `stride` report tokens, so every answer of at most stride + 1 tokens lies whole in one.
+    report = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
+    room = max_length - len(q) - 3  # report tokens per window: [CLS] question [SEP] report [SEP]
+    starts = [0]
+    while windows and starts[-1] + room < len(report["input_ids"]):
+        starts.append(starts[-1] + room - stride)
     out = []
-    for w in range(len(ids)):
-        seq = enc.sequence_ids(w)
-        offsets = [tuple(o) if s == 1 else None for o, s in zip(enc["offset_mapping"][w] if windows
-                                                                  else enc["offset_mapping"], seq)]
+    for s in starts:
+        piece = report["input_ids"][s:s + room]
+        offsets = [None] * (len(q) + 2) + [tuple(o) for o in report["offset_mapping"][s:s + room]] + [None]
         start = end = 0
         if answer is not None:
             inside = [k for k, o in enumerate(offsets) if o is not None and answer[0] <= o[0] and o[1] <= answer[1]]
-            first = next((k for k, o in enumerate(offsets) if o is not None), None)
-            last = max((k for k, o in enumerate(offsets) if o is not None), default=None)
-            if inside and first is not None and offsets[first][0] <= answer[0] and answer[1] <= offsets[last][1]:
+            held = [o for o in offsets if o is not None]
+            if inside and held[0][0] <= answer[0] and answer[1] <= held[-1][1]:
                 start, end = inside[0], inside[-1]
-        types = enc["token_type_ids"][w] if windows else enc["token_type_ids"]
-        out.append({"input_ids": ids[w], "token_type_ids": types, "offsets": offsets,
+        out.append({"input_ids": [tokenizer.cls_token_id, *q, tokenizer.sep_token_id, *piece, tokenizer.sep_token_id],
+                    "token_type_ids": [0] * (len(q) + 2) + [1] * (len(piece) + 1), "offsets": offsets,
                     "start_positions": start, "end_positions": end})
     return out
 

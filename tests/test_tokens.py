@@ -204,3 +204,26 @@ def test_heads_shapes_and_span_loss():
     le = torch.log_softmax(out["end_logits"], -1)
     hand = -(ls[0, 0] + ls[1, 2] + le[0, 3] + le[1, 2]) / 4
     assert torch.allclose(tokens.span_loss(out, batch), hand, atol=1e-6)
+
+
+def test_every_answer_of_at_most_stride_plus_one_tokens_lies_whole_in_a_window(tok):
+    # Cut by bertlab, not by the tokenizer's overflow rules (they changed between tokenizers versions).
+    context = _long_report()
+    offsets = tok(context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    stride = 8
+    for a in range(0, len(offsets), 3):
+        for n in (1, stride // 2, stride + 1):
+            if a + n > len(offsets):
+                continue
+            span = (offsets[a][0], offsets[a + n - 1][1])
+            wins = tokens.qa_windows(tok, "Which reading?", context, span, max_length=40, stride=stride)
+            assert all(len(w["input_ids"]) <= 40 for w in wins)
+            held = [w for w in wins if w["start_positions"] > 0]
+            assert held, f"no window holds the {n}-token answer at token {a}"
+            w = held[0]
+            assert (w["offsets"][w["start_positions"]][0], w["offsets"][w["end_positions"]][1]) == span
+    # consecutive windows share exactly `stride` report tokens
+    wins = tokens.qa_windows(tok, "Which reading?", context, None, max_length=40, stride=stride)
+    report_offsets = [[o for o in w["offsets"] if o is not None] for w in wins]
+    assert all(len(set(x) & set(y)) == stride for x, y in zip(report_offsets, report_offsets[1:]))
+    assert report_offsets[-1][-1] == offsets[-1], "the last window reaches the end of the report"
