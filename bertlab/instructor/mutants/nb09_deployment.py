@@ -1,10 +1,21 @@
 """Mutants of 09-deployment (see bertlab/instructor/mutants/__init__.py)."""
 from bertlab.instructor.mutants import edit
 
-SIZE_HEAD = """def size_mb(obj):
-    '''Size on disk in MB (2**20 bytes) of a file, or of a model's state_dict saved with torch.save.'''
+EXPORT_HEAD = """def export_classifier(model, path):
+    '''Export model(input_ids, attention_mask) -> logits to ONNX at path, batch and sequence axes dynamic.'''
 """
-FILE = "return os.path.getsize(obj) / 2**20"
+QUANTIZE = """
+
+def quantize_int8(src, dst):
+    '''ONNX Runtime's dynamic INT8 quantization of the ONNX file src, written to dst.'''
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    return dst
+"""
+AXES = 'axes = {0: "batch", 1: "sequence"}'
+INPUTS = '(ids, mask), str(path), input_names=["input_ids", "attention_mask"]'
+QUANT_CALL = "quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)"
 
 LAT_HEAD = """def latency_ms(predict, inputs, warmup=10, clock=time.perf_counter):
     '''p50, p95 and mean latency (ms) of predict(x) over inputs, after `warmup` untimed calls.'''
@@ -19,28 +30,26 @@ RESULT = """    return {"p50": float(np.percentile(times, 50)), "p95": float(np.
             "mean": float(np.mean(times)), "n": len(times)}"""
 
 MUTANTS = {
-    "size_mb": {
-        # MB of 10**6 bytes
-        "decimal megabytes": edit((FILE, "return os.path.getsize(obj) / 1e6"),
-                                  ("return os.path.getsize(path) / 2**20", "return os.path.getsize(path) / 1e6")),
-        # whole megabytes
-        "integer division": edit((FILE, "return os.path.getsize(obj) // 2**20")),
-        # a str path only: a pathlib.Path is taken for a model
-        "str paths only": edit(("if isinstance(obj, (str, os.PathLike)):", "if isinstance(obj, str):")),
-        # 4 bytes per parameter, not the saved file
-        "4 bytes per parameter": SIZE_HEAD + (
-            "    if isinstance(obj, (str, os.PathLike)):\n"
-            "        return os.path.getsize(obj) / 2**20\n"
-            "    return sum(p.numel() for p in obj.parameters()) * 4 / 2**20\n"),
-        # rounded for display: 2 decimals
-        "rounded to 2 decimals": edit((FILE, "return round(os.path.getsize(obj) / 2**20, 2)"),
-                                      ("return os.path.getsize(path) / 2**20", "return round(os.path.getsize(path) / 2**20, 2)")),
-        # a file left behind in the working folder
-        "file left in the working folder": SIZE_HEAD + (
-            "    if isinstance(obj, (str, os.PathLike)):\n"
-            "        return os.path.getsize(obj) / 2**20\n"
-            "    torch.save(obj.state_dict(), 'model.pt')\n"
-            "    return os.path.getsize('model.pt') / 2**20\n"),
+    "export_classifier": {
+        # no dynamic axes: the file runs only at the traced (2, 16)
+        "no dynamic axes": edit((AXES, "axes = {}")),
+        # the batch dynamic, the report length fixed at the traced 16
+        "sequence axis fixed": edit((AXES, 'axes = {0: "batch"}')),
+        # the attention mask left out: padding attends like a token
+        "no attention mask input": edit((INPUTS, '(ids,), str(path), input_names=["input_ids"]'),
+                                        ('"attention_mask": axes,', "")),
+        # the input names in the wrong order
+        "input names swapped": edit((INPUTS, '(ids, mask), str(path), input_names=["attention_mask", "input_ids"]')),
+        # eval() on the caller's model, not on a copy
+        "caller's model switched to eval": edit(("copy.deepcopy(model).cpu().eval()", "model.cpu().eval()")),
+        # exported into the working folder, then copied: a file left behind
+        "file left in the working folder": edit(("torch.onnx.export(model, (ids, mask), str(path),",
+                                                 "torch.onnx.export(model, (ids, mask), 'model.onnx',"),
+                                                ("    return path\n", "    shutil.copy('model.onnx', path)\n    return path\n")),
+        # not quantized: the fp32 file copied to dst
+        "copies instead of quantizing": edit((QUANT_CALL, "shutil.copy(src, dst)")),
+        # quantized in place: dst never written
+        "quantizes into src": edit((QUANT_CALL, "quantize_dynamic(str(src), str(src), weight_type=QuantType.QInt8)")),
     },
     "latency_ms": {
         # no warm-up calls
@@ -72,14 +81,34 @@ MUTANTS = {
 }
 
 ALTERNATIVES = {
-    "size_mb": {
-        "pathlib and an in-memory buffer": SIZE_HEAD + (
-            "    import io\n"
-            "    if isinstance(obj, (str, Path)):\n"
-            "        return Path(obj).stat().st_size / (1024 * 1024)\n"
-            "    with tempfile.NamedTemporaryFile(suffix='.pt') as f:\n"
-            "        torch.save(obj.state_dict(), f.name)\n"
-            "        return float(os.stat(f.name).st_size) / 1024 ** 2\n"),
+    "export_classifier": {
+        # opset 14, the dynamic axes given as lists of indices (ONNX names them), quantized per channel
+        "opset 14, axes as index lists, per-channel INT8": EXPORT_HEAD + (
+            "    m = copy.deepcopy(model).eval()\n"
+            "    example = (torch.ones(1, 8, dtype=torch.long), torch.ones(1, 8, dtype=torch.long))\n"
+            "    torch.onnx.export(m, example, path, input_names=['input_ids', 'attention_mask'],\n"
+            "                      output_names=['logits'], opset_version=14, dynamo=False,\n"
+            "                      dynamic_axes={'input_ids': [0, 1], 'attention_mask': [0, 1], 'logits': [0]})\n"
+            "    return path\n"
+            "\n\n"
+            "def quantize_int8(src, dst):\n"
+            "    from onnxruntime import quantization as q\n"
+            "    q.quantize_dynamic(model_input=Path(src), model_output=Path(dst), per_channel=True,\n"
+            "                       weight_type=q.QuantType.QInt8)\n"
+            "    return dst\n"),
+        # eval() on the model itself, its mode restored afterwards; a real report as the example
+        "eval and restore, keyword arguments": EXPORT_HEAD + (
+            "    was_training = model.training\n"
+            "    model.eval()\n"
+            "    try:\n"
+            "        ids = torch.tensor([[101, 1200, 1300, 102]])\n"
+            "        torch.onnx.export(model, args=(ids, torch.ones_like(ids)), f=str(path),\n"
+            "                          input_names=['input_ids', 'attention_mask'], output_names=['logits'],\n"
+            "                          dynamic_axes={'input_ids': {0: 'n', 1: 'len'}, 'attention_mask': {0: 'n', 1: 'len'},\n"
+            "                                        'logits': {0: 'n'}}, dynamo=False)\n"
+            "    finally:\n"
+            "        model.train(was_training)\n"
+            "    return path\n") + QUANTIZE.replace("    '''ONNX Runtime's dynamic INT8 quantization of the ONNX file src, written to dst.'''\n", ""),
     },
     "latency_ms": {
         "itertools.cycle for the warm-up, statistics by sorting": LAT_HEAD + (
