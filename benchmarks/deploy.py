@@ -7,7 +7,8 @@ dynamic INT8; a distilled student (bertlab.artifacts.distilled_student) in fp32,
 ONNX Runtime fp32 and ONNX Runtime INT8, and ORT INT8 with its vocabulary trimmed to the
 WordPieces of the training reports and the domain corpus.
 
-The student here is not notebook 08's (BENCH_STUDENT): 2 of the teacher's layers, [0, 3],
+The student here is not notebook 08's but the one `bertlab export` serves
+(bertlab.artifacts.SERVED_STUDENT): 2 of the teacher's layers, [0, 3],
 trained for 3 epochs on the 1,000 labelled reports and 4,000 more reports of the fab
 without their labels (the teacher's logits as soft targets and its answers as labels).
 Notebook 08 cannot afford that on a CPU (about 7.5 minutes, against 1.5 for its students).
@@ -38,11 +39,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 TARGET = {"p50_ratio": 6.0, "size_ratio": 6.0, "max_accuracy_drop_points": 1.0}
-#: The benchmark's student (bertlab.artifacts.distilled_student settings). Measured on 2 CPU cores
-#: (500 test reports, teacher 0.872): 3 layers [0, 2, 4] on 1,000 + 2,000 reports, 2 epochs: 0.886,
-#: but its ORT INT8 p50 was only 4.1-6.3x the teacher's in three runs; 2 layers [0, 3] on
-#: 1,000 + 2,000 reports, 2 epochs: 0.838; on 1,000 + 4,000, 3 epochs: 0.888.
-BENCH_STUDENT = {"layers": [0, 3], "transfer": 4000, "epochs": 3}
 
 
 def main(argv=None) -> int:
@@ -50,7 +46,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="threads for torch and ONNX Runtime (default 2)")
     parser.add_argument("--latency-reports", type=int, default=200, help="reports timed at batch 1 (default 200)")
     parser.add_argument("--student", choices=["transfer", "notebook"], default="transfer",
-                        help="transfer (default): BENCH_STUDENT, 2 layers distilled on 4,000 more unlabelled reports; "
+                        help="transfer (default): artifacts.SERVED_STUDENT, 2 layers distilled on 4,000 more unlabelled reports; "
                              "notebook: notebook 08's student")
     parser.add_argument("--quick", action="store_true", help="tiny models (bertlab.artifacts.QUICK): a smoke test, "
                                                               "numbers not meaningful")
@@ -58,14 +54,14 @@ def main(argv=None) -> int:
 
     import pandas as pd
 
-    from bertlab import artifacts, benchmark, deploy, env, vocab
-    from bertlab.data import domain_corpus, make_splits
+    from bertlab import artifacts, benchmark, deploy, env
+    from bertlab.data import make_splits
 
     env.setup(seed=0, device="cpu")  # deployment is on a CPU
     deploy.set_threads(args.threads)
     quick = artifacts.QUICK if args.quick else {}
     start = time.perf_counter()
-    settings = dict(BENCH_STUDENT) if args.student == "transfer" else {}
+    settings = dict(artifacts.SERVED_STUDENT) if args.student == "transfer" else {}
     if args.quick:
         settings.update(artifacts.DISTILL_QUICK, **({"transfer": 32} if settings else {}))
     student, tokenizer, info = artifacts.distilled_student(teacher_overrides=quick, **settings)
@@ -76,8 +72,7 @@ def main(argv=None) -> int:
     max_length = tinfo["config"]["max_length"]
     test_ids = tokenizer([r.text for r in splits.test], truncation=True, max_length=max_length)["input_ids"]
     test_y = [label_id[r.failure_type] for r in splits.test]
-    corpus = [" ".join(doc) for doc in domain_corpus(2000, seed=0)]
-    keep = vocab.domain_vocabulary(tokenizer, [r.text for r in splits.train] + corpus)
+    keep = artifacts.deployment_vocabulary(tokenizer, tinfo)
     trained = "from the cache" if info["cached"] else "trained now"
     student_settings = info["settings"]
     print(f"teacher and student ready in {time.perf_counter() - start:.0f} s; student: layers {student_settings['layers']}, "

@@ -253,11 +253,11 @@ def test_onnx_predictor_needs_label_names(tmp_path):
 
 @pytest.mark.slow
 def test_exported_model_is_built_once_and_served(tmp_path, monkeypatch):
-    """The course's served model (quick teacher and student): exported, quantized, cached, and it predicts."""
+    """The course's served model (quick teacher and student): trimmed, exported, quantized, cached, and it predicts."""
     from bertlab.data import FAILURE_TYPES
 
     monkeypatch.setenv("BERTLAB_CACHE", str(tmp_path))
-    quick = {"teacher_overrides": artifacts.QUICK, "progress": False, **artifacts.DISTILL_QUICK}
+    quick = {"teacher_overrides": artifacts.QUICK, "progress": False, **artifacts.DISTILL_QUICK, "transfer": 32}
     path = artifacts.exported_model(**quick)
     assert path.is_file() and path.parent == tmp_path and path.suffix == ".onnx"
     built = path.stat().st_mtime_ns
@@ -266,6 +266,10 @@ def test_exported_model_is_built_once_and_served(tmp_path, monkeypatch):
     assert json.loads(deploy.read_metadata(path)["label_names"]) == list(FAILURE_TYPES)
     fp32 = artifacts.exported_model(int8=False, **quick)
     assert fp32 != path and benchmark.size_mb(path) < 0.5 * benchmark.size_mb(fp32), "INT8 is the smaller file"
+    full = artifacts.exported_model(trimmed=False, **quick)
+    assert full not in (path, fp32) and benchmark.size_mb(path) < 0.5 * benchmark.size_mb(full), \
+        "the trimmed vocabulary drops most of the embedding table"
+    assert deploy.read_metadata(path)["layers"] == json.dumps(artifacts.SERVED_STUDENT["layers"]), "the served student's layers"
     out = deploy.onnx_predictor(path, threads=1).predict(["VDD_CORE sagged to 0.91V under load"])[0]
     assert out.label in FAILURE_TYPES
 
