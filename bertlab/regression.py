@@ -213,12 +213,12 @@ def fit_scored(model: ScoredTopLayers, train_data: ScoredStates, config: train.T
 def score_metrics(pred, target) -> dict[str, float]:
     """``{"mae", "rmse", "spearman", "r2", "n"}`` of predicted scores against true ones (NaN targets skipped).
 
-    MAE and RMSE are in the unit of the scores; Spearman's rho compares their orders (scipy),
-    R^2 is ``1 - MSE / Var(target)`` (scikit-learn). Raises ValueError naming ``pred`` when
-    the lengths differ, and for fewer than 2 targets.
+    MAE and RMSE are in the unit of the scores; Spearman's rho compares their orders: the
+    correlation of their ranks (ties share their average rank); R^2 is ``1 - MSE / Var(target)``.
+    Raises ValueError naming ``pred`` when the lengths differ, and for fewer than 2 targets.
     """
-    from scipy.stats import spearmanr
-    from sklearn.metrics import r2_score
+    import numpy as np
+    import pandas as pd
 
     p = torch.as_tensor(pred, dtype=torch.float64).flatten()
     y = torch.as_tensor(target, dtype=torch.float64).flatten()
@@ -229,9 +229,11 @@ def score_metrics(pred, target) -> dict[str, float]:
     if len(y) < 2:
         raise ValueError(f"target must hold at least 2 scores (not NaN), got {len(y)}")
     err = p - y
-    return {"mae": float(err.abs().mean()), "rmse": float(err.pow(2).mean().sqrt()),
-            "spearman": float(spearmanr(p.numpy(), y.numpy()).statistic), "r2": float(r2_score(y.numpy(), p.numpy())),
-            "n": len(y)}
+    rank_p, rank_y = pd.Series(p.numpy()).rank(), pd.Series(y.numpy()).rank()  # 1..n, ties averaged
+    with np.errstate(invalid="ignore", divide="ignore"):  # constant predictions: NaN, without a warning
+        rho = float(np.corrcoef(rank_p, rank_y)[0, 1])
+    return {"mae": float(err.abs().mean()), "rmse": float(err.pow(2).mean().sqrt()), "spearman": rho,
+            "r2": float(1 - err.pow(2).mean() / (y - y.mean()).pow(2).mean()), "n": len(y)}
 
 
 def severity_from_score(score) -> torch.Tensor:

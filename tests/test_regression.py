@@ -196,6 +196,11 @@ def test_score_metrics_by_hand():
     assert m["n"] == 4 and m["mae"] == pytest.approx(0.25) and m["rmse"] == pytest.approx(0.5)
     assert m["spearman"] == pytest.approx(1.0) and m["r2"] == pytest.approx(1 - 0.25 / (8.75 / 4))
     assert rg.score_metrics([3.0, 2.0, 1.0], [1.0, 2.0, 3.0])["spearman"] == pytest.approx(-1.0)
+    # ties share their average rank: ranks (1.5, 1.5, 3) against (1, 2, 3), correlation 1.5 / sqrt(1.5 * 2)
+    assert rg.score_metrics([1.0, 1.0, 2.0], [1.0, 2.0, 3.0])["spearman"] == pytest.approx(1.5 / math.sqrt(3))
+    # the order is what counts, not the values: any increasing map of the predictions keeps rho
+    assert rg.score_metrics([0.1, 5.0, 7.0, 100.0], [1.0, 2.0, 3.0, 4.0])["spearman"] == pytest.approx(1.0)
+    assert math.isnan(rg.score_metrics([2.0, 2.0, 2.0], [1.0, 2.0, 3.0])["spearman"]), "constant predictions: NaN"
     with pytest.raises(ValueError, match="pred has 2 values but target has 3"):
         rg.score_metrics([1.0, 2.0], [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="target must hold at least 2 scores"):
