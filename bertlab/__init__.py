@@ -26,6 +26,7 @@ module                      nb    what it holds
 ``baselines``               05    TF-IDF + logistic regression, a BiLSTM, the label-budget harness
 ``frozen``                  05-07 frozen lower layers run once, a trainable top (with the [CLS] shortcut)
 ``multitask``               06    one encoder, one head per task, the masked weighted loss
+``regression``              06    a regression head beside them: the severity score, its scale, MSE / Huber, MAE and rho
 ``domain``                  07    MLM perplexity, layer freezing, WordPiece fragmentation of domain words
 ``distill``                 08    the distillation loss, a student built from the teacher's layers
 ``deploy``                  09    INT8 quantization, ONNX export and Runtime, serving (``Predictor``)

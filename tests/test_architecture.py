@@ -17,8 +17,8 @@ MODULES = sorted(p for p in PACKAGE.rglob("*.py") if "data" not in p.relative_to
                  and "mutants" not in p.relative_to(PACKAGE).parts)
 # The library: what a notebook's learner reads. It never reads the fab's data nor builds the course's models.
 LIBRARY = ("args", "baselines", "benchmark", "cache", "check", "debugging", "deploy", "distill", "domain", "env",
-           "family", "frozen", "model", "multitask", "plots", "pretrain_loop", "pretrained", "pretraining", "tokens", "train",
-           "vocab")
+           "family", "frozen", "model", "multitask", "plots", "pretrain_loop", "pretrained", "pretraining", "regression",
+           "tokens", "train", "vocab")
 
 
 def _name(path: Path) -> str:
@@ -101,9 +101,9 @@ def test_instructor_tools_are_apart_from_the_library():
 
 def test_one_training_loop():
     """Pre-training, fine-tuning, multi-task and distillation all train through train.fit."""
-    from bertlab import distill, multitask, pretrain_loop
+    from bertlab import distill, multitask, pretrain_loop, regression
 
-    for module in (pretrain_loop, multitask, distill):
+    for module in (pretrain_loop, multitask, regression, distill):
         source = Path(module.__file__).read_text()
         assert "train.fit(" in source, f"{module.__name__} does not train through train.fit"
         for own in ("torch.optim.AdamW", "LambdaLR", ".backward("):

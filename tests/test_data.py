@@ -18,6 +18,7 @@ from bertlab.data import (
     LABELS,
     ROOT_CAUSES,
     SEVERITIES,
+    SEVERITY_CUTS,
     STAGES,
     Entity,
     FailureReport,
@@ -28,6 +29,7 @@ from bertlab.data import (
     make_splits,
     near_duplicate_key,
     severity_of,
+    severity_score,
     to_records,
 )
 from bertlab.data import lexicon as lx
@@ -195,6 +197,8 @@ def test_root_cause_depends_on_failure_type(many):
 def test_severity_and_action_follow_their_rules(many):
     for r in many:
         assert r.clean_severity == severity_of(r.clean_failure_type, r.clean_root_cause, r.stage, r.impact)
+        score = severity_score(r.clean_failure_type, r.clean_root_cause, r.stage, r.impact)
+        assert -5 <= score <= 8 and (score <= SEVERITY_CUTS[0]) == (r.clean_severity == "low")
         assert r.clean_action == action_of(r.clean_severity, r.clean_root_cause, r.stage, r.fab)
     # the facts behind severity are in the text: fallout of several units is always stated
     for r in many[:3000]:

@@ -16,7 +16,7 @@ Generative story (one report)
    fab's mix.
 4. **Severity** is a function of four things the report states: a score
    ``TYPE_SEVERITY[type] + CAUSE_SEVERITY[cause] + STAGE_SEVERITY[stage] +
-   IMPACT_SEVERITY[impact]``, cut at ``SEVERITY_CUTS`` (<= 0 low, <= 2 medium,
+   IMPACT_SEVERITY[impact]`` (``severity_score``), cut at ``SEVERITY_CUTS`` (<= 0 low, <= 2 medium,
    else high). A report that does not mention how many units fail is about
    one unit.
 5. The **recommended action** is the fab's disposition policy
@@ -98,6 +98,7 @@ from .reports import (
     make_splits,
     near_duplicate_key,
     severity_of,
+    severity_score,
     to_records,
 )
 
@@ -107,5 +108,5 @@ __all__ = [
     "CAUSE_GIVEN_TYPE", "TYPE_SEVERITY", "CAUSE_SEVERITY", "STAGE_SEVERITY", "IMPACT_SEVERITY",
     "SEVERITY_CUTS", "DAMAGE", "TUNABLE", "AGING", "AFFINITY", "FAB_STYLES",
     "FailureReport", "Entity", "Splits", "generate_reports", "make_splits", "domain_corpus", "to_records",
-    "near_duplicate_key", "severity_of", "action_of",
+    "near_duplicate_key", "severity_of", "severity_score", "action_of",
 ]

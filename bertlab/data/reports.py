@@ -102,10 +102,15 @@ _ACTION_CONFUSION = {"debug": ("escalate", "adjust"), "replace": ("escalate",), 
                      "monitor": ("ignore", "adjust"), "escalate": ("debug", "replace"), "ignore": ("monitor",)}
 
 
+def severity_score(failure_type: str, root_cause: str, stage: str, impact: str) -> int:
+    """The clean severity score: the summed scores of the four factors (an integer, -5 to 8)."""
+    return (TYPE_SEVERITY[failure_type] + CAUSE_SEVERITY[root_cause] + STAGE_SEVERITY[stage]
+            + IMPACT_SEVERITY[impact])
+
+
 def severity_of(failure_type: str, root_cause: str, stage: str, impact: str) -> str:
-    """The clean severity: thresholds on the summed scores of the four factors."""
-    score = (TYPE_SEVERITY[failure_type] + CAUSE_SEVERITY[root_cause] + STAGE_SEVERITY[stage]
-             + IMPACT_SEVERITY[impact])
+    """The clean severity: :func:`severity_score` cut at ``SEVERITY_CUTS``."""
+    score = severity_score(failure_type, root_cause, stage, impact)
     return "low" if score <= SEVERITY_CUTS[0] else "medium" if score <= SEVERITY_CUTS[1] else "high"
 
 
