@@ -47,16 +47,22 @@ def _cat(chunks: list, fill):
 
 @torch.no_grad()
 def collect_outputs(model, data: Dataset, *, batch_size: int = 64, accelerator=None,
-                    loss_fn: Callable | None = None) -> tuple:
+                    loss_fn: Callable | None = None, progress: bool = False) -> tuple:
     """The model's outputs and the batches for every item of ``data``, in its order, on the CPU: ``(outputs, batch)``.
 
     Items are batched shortest first, so little padding is computed; per-token outputs of
     batches of different lengths are padded (labels with ``IGNORE_INDEX``). With ``loss_fn``
     a third value is returned: the loss averaged over the batches, weighted by their sizes.
-    The model is left in the mode it was in.
+    The model is left in the mode it was in. ``progress`` shows a bar when the pass takes
+    more than a second (off by default: :func:`bertlab.train.fit` validates with it off).
+    Raises ValueError naming ``data`` when it is empty, ``progress`` when it is not a bool.
     """
+    from tqdm.auto import tqdm
+
     if len(data) == 0:
         raise ValueError("data is empty: nothing to evaluate")
+    if not isinstance(progress, bool):
+        raise ValueError(f"progress must be True or False, got {progress!r}")
     was_training = model.training
     model.eval()
     order = sorted(range(len(data)), key=data.lengths().__getitem__) if hasattr(data, "lengths") else None
@@ -65,7 +71,8 @@ def collect_outputs(model, data: Dataset, *, batch_size: int = 64, accelerator=N
         loader = accelerator.prepare(loader)
     device, keys = _model_device(model), forward_keys(accelerator.unwrap_model(model) if accelerator else model)
     outputs, batches, loss_sum = [], [], 0.0
-    for batch in loader:
+    # delay: a pass that takes under a second prints nothing
+    for batch in tqdm(loader, desc="outputs", unit="batch", disable=not progress, delay=1.0):
         batch = {k: v.to(device) for k, v in batch.items()}
         out = model(**model_inputs(batch, keys))
         if isinstance(out, Mapping):

@@ -125,6 +125,38 @@ def test_collect_logits_restores_the_dataset_order():
             assert torch.allclose(logits[i], alone[0], atol=1e-5), f"item {i} is out of place or wrongly padded"
 
 
+class SlowVectors(torch.nn.Module):
+    """Two vectors per item as a dict (B, H) each, slowly: the pass takes longer than the bar's one-second delay."""
+
+    def __init__(self, seconds=0.0):
+        super().__init__()
+        self.model, self.seconds = tiny_classifier(), seconds
+
+    def forward(self, input_ids, attention_mask=None):
+        import time
+
+        time.sleep(self.seconds)
+        h = self.model.encoder(input_ids, attention_mask=attention_mask)[0]  # (B, T, H)
+        return {"first": h[:, 0], "last": h[torch.arange(len(h)), attention_mask.sum(1) - 1]}
+
+
+def test_collect_outputs_shows_a_bar_only_when_asked(capsys):
+    data = toy_data(12)
+    quiet, batch = train.collect_outputs(SlowVectors(), data, batch_size=4)
+    assert capsys.readouterr().err == ""
+    shown, _ = train.collect_outputs(SlowVectors(seconds=0.4), data, batch_size=4, progress=True)  # 3 batches, 1.2 s
+    assert "outputs" in capsys.readouterr().err, "a pass over a second long must show its bar"
+    assert quiet.keys() == shown.keys() == {"first", "last"}
+    for k in quiet:
+        assert torch.equal(quiet[k], shown[k]), f"{k}: the bar must not change the outputs"
+    assert batch["labels"].tolist() == data.labels
+    with torch.no_grad():  # in the dataset's order: item 5 alone gives row 5
+        alone = SlowVectors().eval()(torch.tensor([data.input_ids[5]]), torch.ones(1, len(data.input_ids[5]), dtype=torch.long))
+    assert torch.allclose(quiet["last"][5], alone["last"][0], atol=1e-5)
+    with pytest.raises(ValueError, match="progress"):
+        train.collect_outputs(SlowVectors(), data, progress="yes")
+
+
 def test_classification_metrics_hand_computed():
     logits = F.one_hot(torch.tensor([0, 1, 1, 1]), 3).float()
     m = train.classification_metrics(logits, {"labels": torch.tensor([0, 0, 1, 2])})
