@@ -4,7 +4,7 @@
 - :func:`export_onnx`, :func:`check_onnx`: ONNX export with dynamic batch and sequence
   axes, and a check that ONNX Runtime's logits equal PyTorch's at several shapes.
 - :func:`ort_session`, :func:`quantize_onnx`: ONNX Runtime with graph optimisation, and its
-  own dynamic INT8 quantization (which also quantizes the word embeddings).
+  own INT8 quantization: dynamic (which also quantizes the word embeddings) or static (calibrated).
 - :class:`TorchRunner`, :class:`OrtRunner`, :func:`pad_batch`: either model as a function of
   padded (B, T) int64 arrays to logits.
 - :class:`Predictor`: reports in, failure types and probabilities out, with an LRU cache
@@ -199,25 +199,48 @@ def ort_session(path: str | os.PathLike, *, threads: int = DEFAULT_THREADS, opti
         raise ValueError(f"{path} is not an ONNX model ONNX Runtime can load: {str(err).splitlines()[0][:300]}") from err
 
 
-def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """ONNX Runtime's dynamic INT8 quantization of the plain export ``src`` into ``dst``.
+def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike,
+                  calibration: Sequence[Sequence[int]] | None = None) -> Path:
+    """ONNX Runtime's INT8 quantization of the plain export ``src`` into ``dst``: dynamic, or static
+    when ``calibration`` (token-id lists of typical reports) is given.
 
-    Weights of MatMuls *and* the embedding tables (Gather) become int8, with one scale per
-    output channel (1 byte a weight instead of fp32's 4). Quantize the plain export and let the
-    session optimise it: the quantizer fails on a graph first passed through ORT's BERT optimizer.
+    Dynamic (the default): weights of MatMuls *and* the embedding tables (Gather) become int8,
+    with one scale per output channel (1 byte a weight instead of fp32's 4); each activation's
+    scale is computed from the batch as it runs. Static: the MatMuls' weights as above, and each
+    activation's scale fixed once from its range over the ``calibration`` reports (min/max), as
+    quantize/dequantize pairs around the MatMuls; the embeddings stay fp32. Quantize the plain export
+    and let the session optimise it: the quantizer fails on a graph first passed through ORT's BERT
+    optimizer.
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise FileNotFoundError(f"no ONNX model at {src}")
+    if calibration is not None and not any(len(ids) for ids in calibration):
+        raise ValueError("calibration is empty: give the token ids of a few hundred typical reports, or None for "
+                         "dynamic quantization")
+
+    class Reports(CalibrationDataReader):  # one report at a time: the batches ORT's calibrator asks for
+        def __init__(self):
+            self.reports = iter([ids for ids in calibration if len(ids)])
+
+        def get_next(self):
+            ids = next(self.reports, None)
+            return None if ids is None else dict(zip(INPUT_NAMES, pad_batch([ids])))
+
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=dst.name, suffix=".tmp")
     os.close(fd)
     try:
         with _silenced():
             # one scale per output channel: closer to fp32's accuracy than one per tensor, for a few more scales
-            quantize_dynamic(str(src), tmp, weight_type=QuantType.QInt8, per_channel=True)
+            if calibration is None:
+                quantize_dynamic(str(src), tmp, weight_type=QuantType.QInt8, per_channel=True)
+            else:
+                quantize_static(str(src), tmp, Reports(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                                op_types_to_quantize=["MatMul"], extra_options={"ActivationSymmetric": True})
         meta = read_metadata(src)
         _stamp(tmp, meta)  # the quantizer drops the metadata
         os.replace(tmp, dst)

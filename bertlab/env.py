@@ -99,3 +99,16 @@ def describe_device(dev) -> str:
     if dev.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(dev)})"
     return f"{dev.type} ({torch.get_num_threads()} threads)"
+
+
+def cpu_bf16() -> str:
+    """The CPU's instructions for bf16 matrix products, as PyTorch detects them: ``"AMX"`` (recent Xeons),
+    ``"AVX512-BF16"``, or ``"none"`` (then bf16 products are computed by converting to fp32)."""
+    import torch
+
+    cpu = torch.cpu  # the checks are private in torch 2.x; a missing one counts as "not there"
+    if getattr(cpu, "_is_amx_tile_supported", lambda: False)():
+        return "AMX"
+    if getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return "AVX512-BF16"
+    return "none"

@@ -90,6 +90,33 @@ def test_ort_quantization_shrinks_and_keeps_metadata(exported, tmp_path):
     assert np.abs(got - ref).max() < 0.1
 
 
+def test_static_ort_quantization_is_calibrated_on_the_given_reports(exported, tmp_path):
+    """Static: MatMul weights int8 with activation scales fixed from the calibration reports; embeddings stay fp32."""
+    import onnx
+
+    model, path = exported
+    g = torch.Generator().manual_seed(1)
+    calibration = [torch.randint(1000, 2000, (n,), generator=g).tolist() for n in (5, 17, 33, 48)]
+    static = deploy.quantize_onnx(path, tmp_path / "static.onnx", calibration=calibration)
+    dynamic = deploy.quantize_onnx(path, tmp_path / "dynamic.onnx")
+    graph = onnx.load(str(static)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops, f"static quantization puts Q/DQ pairs in the graph; ops {sorted(ops)}"
+    types = {i.name: i.data_type for i in graph.initializer}
+    assert sum(t == onnx.TensorProto.INT8 for t in types.values()) >= 2 * 6, "every MatMul weight stored in int8"
+    assert types["encoder.embeddings.word_embeddings.weight"] == onnx.TensorProto.FLOAT, "the embedding table stays fp32"
+    assert benchmark.size_mb(dynamic) < 0.5 * benchmark.size_mb(static), "static keeps the fp32 table that dynamic quantizes"
+    assert deploy.read_metadata(static)["label_names"] == json.dumps(LABELS)
+    ids, mask = deploy._example_inputs(3, 20, 30522)
+    got = deploy.OrtRunner(deploy.ort_session(static, threads=1))(ids.numpy(), mask.numpy())
+    with torch.no_grad():
+        ref = model(ids, mask).numpy()
+    assert got.shape == ref.shape and np.abs(got - ref).max() < 0.2
+    with pytest.raises(ValueError, match="calibration is empty"):
+        deploy.quantize_onnx(path, tmp_path / "none.onnx", calibration=[[]])
+    assert not (tmp_path / "none.onnx").exists() and not list(tmp_path.glob("*.tmp"))
+
+
 def test_ort_session_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no ONNX model"):
         deploy.ort_session(tmp_path / "missing.onnx")
@@ -283,3 +310,17 @@ def test_length_sorted_batches_cover_every_index_once_shortest_first():
     assert [lengths[i] for i in flat] == sorted(lengths), "shortest first"
     assert flat[1:3] == [1, 3] and flat[3:5] == [0, 6], "equal lengths keep their order"
     assert deploy.length_sorted_batches([], 4) == []
+
+
+def test_cpu_bf16_reports_what_torch_detects(monkeypatch):
+    """AMX first, then AVX512-BF16, else none; a torch without the private checks counts as none."""
+    from bertlab import env
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert env.cpu_bf16() == "AMX"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert env.cpu_bf16() == "AVX512-BF16"
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert env.cpu_bf16() == "none"
