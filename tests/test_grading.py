@@ -652,6 +652,18 @@ def test_sandbox_with_the_course_under_tmp(tmp_path):
     _sandbox_probe(tmp_path, sandbox)
 
 
+def test_sandbox_says_when_it_cannot_cut_the_network(monkeypatch, tmp_path):
+    """Where bubblewrap cannot make a network namespace, the kernel talks TCP and keeps the
+    network, and the grading log's Sandbox: line says so (never silently)."""
+    from bertlab.instructor import sandbox
+
+    monkeypatch.setattr(sandbox, "network", lambda: "bwrap --unshare-net failed: a test")
+    assert not sandbox.cuts_network(sandbox.Sandbox())
+    if sandbox.mechanism() == "bwrap":
+        assert "network NOT cut (bwrap --unshare-net failed: a test)" in sandbox.describe()
+    _sandbox_probe(tmp_path, sandbox)
+
+
 def test_sandbox_keeps_a_repository_under_tmp_importable(monkeypatch, tmp_path):
     """Laid out as bwrap reads it: the private /tmp first, then the repository, the venv and the
     course read-only again, then the hidden paths over them."""
@@ -668,7 +680,22 @@ def test_sandbox_keeps_a_repository_under_tmp_importable(monkeypatch, tmp_path):
 
 
 def _sandbox_probe(tmp_path, sandbox):
-    probe = ("import pathlib, os\n"
+    """Also: no network (a listener of this test's on 127.0.0.1 is out of reach) and no other
+    process in sight (a PID namespace of its own), where bubblewrap can do that here."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        _sandbox_probe_with(tmp_path, sandbox, listener.getsockname()[1])
+    finally:
+        listener.close()
+
+
+def _sandbox_probe_with(tmp_path, sandbox, port):
+    probe = ("import pathlib, os, socket\n"
+             "try:\n    socket.create_connection(('127.0.0.1', %d), timeout=10).close(); print('network open')\n"
+             "except OSError as e:\n    print('network cut', type(e).__name__)\n"
+             "print('processes', sum(p.isdigit() for p in os.listdir('/proc')))\n" % port +
              "root = pathlib.Path.cwd().parents[2]\n"
              "print('key', (root / 'solutions' / 'a' / 'key.txt').exists())\n"
              "try:\n    print('gradebook', (root / 'gradebook.db').read_text() == 'grades')\n"
@@ -686,6 +713,11 @@ def _sandbox_probe(tmp_path, sandbox):
         assert not (tmp_path / "escaped.txt").exists()
         assert "runtime 0" in text, "other kernels' connection files (their keys) must be hidden"
         assert sandbox.describe().startswith("Sandbox: bubblewrap")
+        assert int(re.search(r"processes (\d+)", text).group(1)) < 10, "the grader's processes are out of sight"
+        if sandbox.cuts_network(sandbox.Sandbox()):
+            assert "network cut ConnectionRefusedError" in text and "no network" in sandbox.describe(), text
+        else:
+            assert "network open" in text and "network NOT cut" in sandbox.describe(), text
     else:
         assert "NOT SANDBOXED" in sandbox.describe()
 
