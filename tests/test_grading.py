@@ -139,7 +139,8 @@ def test_class_plan():
     names = ["00-welcome", "04-finetuning", "07-other"]
     plan = grading.class_plan(names, full=False)
     assert plan["04-finetuning"] == submissions.SCENARIOS
-    assert plan["00-welcome"] == submissions.SCENARIOS + submissions.HOSTILE_SCENARIOS, "the hostile class on 00"
+    assert plan["00-welcome"] == submissions.SCENARIOS + submissions.HOSTILE_SCENARIOS + submissions.RESOURCE_SCENARIOS, \
+        "the hostile class on 00"
     assert set(grading.HOSTILE_NOTEBOOKS) <= set(submissions.WRONG), "a hostile notebook needs a WRONG answer"
     assert plan["07-other"] == grading.CORE_SCENARIOS
     assert set(grading.CORE_SCENARIOS) < set(submissions.SCENARIOS)
@@ -534,6 +535,8 @@ def test_scan_finds_every_trick_and_nothing_in_honest_work():
         found = integrity.scan(s.nb, ins)
         if s.student in submissions.HOSTILE_SCENARIOS:
             assert found, f"{s.student}: the scan found nothing"
+        elif s.student in submissions.RESOURCE_SCENARIOS:
+            assert not found, f"{s.student} is written past the scan (only the sandbox may stop it): {found}"
         else:
             assert not found, f"{s.student} (honest) flagged: {[str(f) for f in found]}"
     for n in course.assignments():
@@ -776,3 +779,32 @@ def test_honest_students_are_never_flagged_and_the_sandbox_is_logged(klass):
         assert not (klass.course_dir / submissions.HOSTILE_FILE).exists(), "a submission wrote into the course root"
     else:
         assert "NOT SANDBOXED" in logs
+
+
+RESOURCE = [(a, s) for a, s in PAIRS if s in submissions.RESOURCE_SCENARIOS]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,student", RESOURCE, ids=[f"{a}/{s}" for a, s in RESOURCE])
+def test_the_sandbox_stops_the_attacks_on_the_machine(klass, name, student):
+    """Network, memory, disk: 0 for the exercise (test_exact_score), stopped by the sandbox (the
+    scan does not see them), with the error in the exercise's cell or its test; the kernel lives
+    on. Where the sandbox cannot stop one here, the student is expected to get the points."""
+    from bertlab.instructor import sandbox
+
+    nb = nbformat.read(klass.autograded(student, name), as_version=4)
+    assert not _flags(nb), f"{student} is written past the scan"
+    exercise = submissions.layout(_solution(name, klass.course_dir), name).exercises[-1]
+    cell = next(c for c in nb.cells if _grade_id(c) == exercise)
+    tests = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    assert all(c.execution_count is not None for c in tests), "every test cell still ran"
+    errors = [(o.get("ename"), o.get("evalue")) for o in cell.outputs if o.get("output_type") == "error"]
+    if student == "hostile-network":
+        if sandbox.cuts_network(sandbox.Sandbox()):
+            assert klass.accomplice_calls == 0, "a submission reached the accomplice on 127.0.0.1"
+            assert any("ConnectionRefusedError" in e for t in tests for e in _errors(t)), "the tests' calls fail"
+        else:
+            assert klass.accomplice_calls > 0
+    elif sandbox.mechanism() != "none":
+        want = {"hostile-memory": ("MemoryError", ""), "hostile-disk": ("OSError", "File too large")}[student]
+        assert any(want[0] in (n or "") and want[1] in (v or "") for n, v in errors), f"{student}: {errors}"
