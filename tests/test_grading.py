@@ -575,6 +575,8 @@ def _guarded_run(tmp_path, cells, **settings):
     cfg.CourseDirectory.root = str(tmp_path)
     cfg.CourseDirectory.source_directory = "solutions"  # as the course names it
     cfg.Execute.timeout = 60
+    for k, v in settings.pop("sandbox", {}).items():
+        setattr(cfg.Sandbox, k, v)
     for k, v in settings.items():
         setattr(cfg.GuardedExecute, k, v)
     nb = nbformat.v4.new_notebook(cells=cells)
@@ -725,6 +727,25 @@ def _sandbox_probe_with(tmp_path, sandbox, port):
         assert "NOT SANDBOXED" in sandbox.describe()
 
 
+def test_sandbox_bounds_the_processes_of_a_root_grader(tmp_path):
+    """prlimit --nproc does not bind root: a pids cgroup per kernel does (where it can be made;
+    the log says which). The hog is bounded (40 processes of 5 s) whatever happens."""
+    from bertlab.instructor import sandbox
+
+    hog = ("import multiprocessing as mp, time\nn = 0\ntry:\n    for _ in range(40):\n"
+           "        mp.Process(target=time.sleep, args=(5,), daemon=True).start(); n += 1\n"
+           "except OSError as e:\n    print('refused after', n, e.strerror)\nelse:\n    print('started', n)")
+    nb = _guarded_run(tmp_path, [nbformat.v4.new_code_cell(hog), _graded("print('graded after')")],
+                      scan_enabled=False, sandbox={"processes": 30})
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.outputs)
+    assert "graded after" in text, text
+    if sandbox.processes_bounded():
+        assert "refused after" in text and "Resource temporarily unavailable" in text, text
+        assert "processes: a pids cgroup per kernel" in sandbox.describe() or os.getuid() != 0
+    else:
+        assert "started 40" in text and "process count NOT limited" in sandbox.describe(), text
+
+
 def test_sandboxed_kernel_is_interrupted_at_the_cell_timeout(tmp_path):
     """The cell timeout still interrupts a loop in the sandboxed kernel (by a message on the
     control channel: a SIGINT would also stop bubblewrap), and the next cells run."""
@@ -787,7 +808,7 @@ RESOURCE = [(a, s) for a, s in PAIRS if s in submissions.RESOURCE_SCENARIOS]
 @pytest.mark.slow
 @pytest.mark.parametrize("name,student", RESOURCE, ids=[f"{a}/{s}" for a, s in RESOURCE])
 def test_the_sandbox_stops_the_attacks_on_the_machine(klass, name, student):
-    """Network, memory, disk: 0 for the exercise (test_exact_score), stopped by the sandbox (the
+    """Network, memory, disk, processes: 0 for the exercise (test_exact_score), stopped by the sandbox (the
     scan does not see them), with the error in the exercise's cell or its test; the kernel lives
     on. Where the sandbox cannot stop one here, the student is expected to get the points."""
     from bertlab.instructor import sandbox
@@ -805,6 +826,9 @@ def test_the_sandbox_stops_the_attacks_on_the_machine(klass, name, student):
             assert any("ConnectionRefusedError" in e for t in tests for e in _errors(t)), "the tests' calls fail"
         else:
             assert klass.accomplice_calls > 0
+    elif student == "hostile-processes":
+        if sandbox.processes_bounded():
+            assert any("Resource temporarily unavailable" in (v or "") for _, v in errors), errors
     elif sandbox.mechanism() != "none":
         want = {"hostile-memory": ("MemoryError", ""), "hostile-disk": ("OSError", "File too large")}[student]
         assert any(want[0] in (n or "") and want[1] in (v or "") for n, v in errors), f"{student}: {errors}"

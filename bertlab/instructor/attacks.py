@@ -1,4 +1,4 @@
-"""Hostile students who go past the grader's tests to the machine: the network, memory, disk.
+"""Hostile students who go past the grader's tests to the machine: network, memory, disk, processes.
 
 The tricks of :mod:`bertlab.instructor.submissions` tamper with the tests, and the scan of
 :mod:`bertlab.instructor.integrity` flags them. These are written past the scan on purpose
@@ -15,6 +15,10 @@ hostile-memory     all solved, but the last exercise's cell first allocates (and
                    function is never defined (0 for it), the other exercises are graded
 hostile-disk       the same with a file in its own folder larger than ``--fsize``: the write
                    fails with "File too large" (EFBIG), the other exercises are graded
+hostile-processes  the same with more processes (each sleeping 5 s) than the kernel may
+                   have: stopped by a pids cgroup of the kernel's own (``pids.max``) where the
+                   sandbox can make one; ``prlimit --nproc`` alone does not bind root (the
+                   kernel exempts a real uid 0, in a user namespace too)
 =================  ==========================================================================
 
 Every hog is bounded: it stops at the limit it must hit (plus one chunk), so a sandbox that
@@ -22,9 +26,8 @@ fails to apply a limit costs this machine at most that much, never an unbounded 
 The limits are lowered for the simulated class (:data:`CLASS_LIMITS`, ``c.Sandbox.assignment_limits``
 in its nbgrader_config.py) to what notebook 00 needs, so the hogs are small.
 
-Not a scenario: a fork bomb. ``prlimit --nproc`` does not bind root (the kernel's real user is
-root unless the grader runs as another user; a user namespace maps it to root outside, which the
-kernel also exempts), so a bomb would be stopped only by the machine's own process limit; the
+Where the sandbox cannot stop one of them here (no network namespace, no limits, no pids cgroup
+for a root grader), its student is expected to get the points, and the note says so. The
 sandbox's PID namespace ends every process a submission started when its kernel ends.
 docs/instructors.md ("Grading safely") says what the sandbox stops and what not.
 """
@@ -34,14 +37,15 @@ import io
 import socket
 import threading
 
-RESOURCE_SCENARIOS = ("hostile-network", "hostile-memory", "hostile-disk")
+RESOURCE_SCENARIOS = ("hostile-network", "hostile-memory", "hostile-disk", "hostile-processes")
 
 MiB = 1024 ** 2
 GiB = 1024 ** 3
 #: Limits of the notebooks with resource scenarios in the simulated class: notebook 00's
-#: kernel (torch, transformers, the small checkpoint) needs about 2 GiB of address space and
-#: writes no large file. The course's defaults (nbgrader_config.py, c.Sandbox) are far higher.
-CLASS_LIMITS = {"memory_bytes": 4 * GiB, "file_bytes": 64 * MiB}
+#: kernel (torch, transformers, the small checkpoint) needs about 2 GiB of address space, writes
+#: no large file and runs about 20 threads (a pids cgroup counts them as processes). The course's
+#: defaults (nbgrader_config.py, c.Sandbox) are far higher.
+CLASS_LIMITS = {"memory_bytes": 4 * GiB, "file_bytes": 64 * MiB, "processes": 64}
 CHUNK = 256 * MiB  # the memory hog's allocations
 
 TRICKS = {
@@ -66,6 +70,11 @@ with _tf.TemporaryFile(dir=".") as _f:
     for _ in range({mib}):
         _f.write(bytes({mebibyte}))
 """,
+    "hostile-processes": """\
+import multiprocessing as _mp, time as _time  # the learner's cell starts more processes than the kernel may (bounded: {n})
+for _ in range({n}):
+    _mp.Process(target=_time.sleep, args=(5,), daemon=True).start()
+""",
 }
 
 
@@ -77,6 +86,8 @@ def trick(scenario: str, exercise: str, limits: dict[str, int], port: int = 0) -
         return TRICKS[scenario].format(chunk=CHUNK, chunks=-(-limits["memory_bytes"] // CHUNK))
     if scenario == "hostile-disk":
         return TRICKS[scenario].format(mib=limits["file_bytes"] // MiB + 1, mebibyte=MiB)
+    if scenario == "hostile-processes":  # the kernel's own threads count too: past the limit
+        return TRICKS[scenario].format(n=limits["processes"])
     raise ValueError(f"scenario: {scenario!r} is not one of {RESOURCE_SCENARIOS}")
 
 

@@ -141,7 +141,8 @@ def run_class(course_dir: Path, names: list[str] | None = None, scenarios=SCENAR
     # the notebooks with resource scenarios (attacks) grade under lowered limits, which their hogs go past
     limits = {n: attacks.CLASS_LIMITS for n in names if set(plan[n]) & set(RESOURCE_SCENARIOS)}
     names = make_course(course_dir, names, timeout, limits=limits)
-    contained = dict(network_cut=sandbox.cuts_network(sandbox.Sandbox()), limited=sandbox.mechanism() != "none")
+    contained = dict(network_cut=sandbox.cuts_network(sandbox.Sandbox()), limited=sandbox.mechanism() != "none",
+                     processes_bounded=sandbox.processes_bounded())
     with attacks.Accomplice(_answers(course_dir, names, plan)) as accomplice:
         subs = []
         for name in names:

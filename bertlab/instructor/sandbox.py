@@ -21,9 +21,13 @@ of its own (``--unshare-pid``) and dies with the kernel.
 Where bubblewrap cannot create a network namespace (:func:`network`), the kernel talks TCP on
 the host's loopback and keeps the network, and the grading log says so (``network NOT cut``).
 
-**Not covered**: CPU time (the cell timeout of nbgrader stops a stuck cell); ``--nproc`` is not
-enforced for root (the grader runs as root in a container: run it as an unprivileged user for
-that limit); the total disk a submission fills with many files, each under ``--fsize``.
+Processes: ``--nproc`` does not bind root (the kernel exempts a real uid 0 from RLIMIT_NPROC, in
+a user namespace too), so where cgroup v1's pids hierarchy is writable (:func:`pids_cgroup`) each
+kernel gets a pids cgroup of its own with ``pids.max`` = the process limit (threads count too).
+
+**Not covered**: CPU time (the cell timeout of nbgrader stops a stuck cell); the process count
+of a root grader without a writable pids cgroup (the log says so); the total disk a submission
+fills with many files, each under ``--fsize``.
 
 :func:`mechanism` says what works on this machine: ``bwrap`` (bubblewrap present and able to
 create its namespaces), else ``prlimit`` (limits only: no file isolation), else ``none``. The
@@ -31,6 +35,7 @@ grading log says which on every submission (``Sandbox:`` lines); it is never sil
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import shutil
@@ -56,7 +61,8 @@ class Sandbox(Configurable):
     memory_bytes = Integer(12 * GiB, help="Address-space limit of the kernel (prlimit --as). torch "
                            "reserves several GiB of address space it never uses: keep it well above the "
                            "resident memory a notebook needs.").tag(config=True)
-    processes = Integer(512, help="Process limit (prlimit --nproc; not enforced for root).").tag(config=True)
+    processes = Integer(512, help="Process limit (prlimit --nproc, which does not bind root; and pids.max "
+                        "of the kernel's pids cgroup where one can be made, threads included).").tag(config=True)
     file_bytes = Integer(2 * GiB, help="Largest file the kernel may write (prlimit --fsize).").tag(config=True)
     open_files = Integer(1024, help="Open files (prlimit --nofile).").tag(config=True)
     hide = List(Unicode(), help="More paths to hide from the kernel (besides the course's solutions, "
@@ -113,8 +119,10 @@ def describe(settings: Sandbox | None = None) -> str:
         why = "c.Sandbox.cut_network is False" if not s.cut_network else network()
         net = ("no network (own network namespace, Unix sockets to the grader)" if not why else
                f"network NOT cut ({why}): a submission can connect out")
-        return (f"Sandbox: bubblewrap + prlimit (own folder writable, grader's files hidden, memory/file/process "
-                f"limits; {net})")
+        procs = ("processes: a pids cgroup per kernel" if not pids_cgroup() else "processes: --nproc" if os.getuid()
+                 else f"process count NOT limited (root; {pids_cgroup()})")
+        return (f"Sandbox: bubblewrap + prlimit (own folder writable, grader's files hidden, memory/file limits; "
+                f"{procs}; {net})")
     why = getattr(mechanism, "failure", "") or "bwrap not found (apt-get install bubblewrap)"
     if m == "prlimit":
         return f"Sandbox: NOT SANDBOXED for files: {why}; only prlimit limits (memory, file size, processes)"
@@ -137,6 +145,29 @@ def _course_paths(config) -> tuple[Path, list[Path]]:
 
     hidden.append(Path(Exchange(config=config).root))  # the exchange: everyone's submissions
     return root, hidden
+
+
+#: cgroup v1's pids hierarchy: a cgroup of its own per kernel, with pids.max, bounds its processes
+#: (and threads) for root too, which prlimit --nproc does not.
+PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
+
+
+@functools.lru_cache(maxsize=None)
+def pids_cgroup() -> str:
+    """Why a kernel cannot get a pids cgroup of its own here ("" when it can)."""
+    if not (PIDS_CGROUP / "cgroup.procs").is_file():
+        return f"no cgroup v1 pids hierarchy at {PIDS_CGROUP}"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix="bertlab-probe-", dir=PIDS_CGROUP))
+    except OSError as e:
+        return f"cannot make a cgroup in {PIDS_CGROUP}: {e.strerror}"
+    return ""
+
+
+def processes_bounded() -> bool:
+    """Whether a kernel's process count is bounded here: a pids cgroup, or ``--nproc`` for a grader
+    that is not root (the kernel exempts root from RLIMIT_NPROC, in a user namespace too)."""
+    return mechanism() != "none" and (not pids_cgroup() or os.getuid() != 0)
 
 
 def cuts_network(settings: Sandbox) -> bool:
@@ -203,6 +234,7 @@ class SandboxedKernelManager(AsyncKernelManager):
     cuts the network, over Unix sockets in a folder of the kernel's own (``ipc`` transport)."""
 
     _sockets = None
+    _cgroup = None
 
     async def _async_pre_start_kernel(self, **kw):
         settings = Sandbox(config=self.config)
@@ -219,6 +251,13 @@ class SandboxedKernelManager(AsyncKernelManager):
             # the kernel along): interrupt by message on the control channel instead (ipykernel
             # then sends SIGINT to itself), so the cell timeout interrupts only the cell.
             self.kernel_spec.interrupt_mode = "message"
+        if settings.enabled and cmd[0] in ("bwrap", "prlimit") and not pids_cgroup():
+            if self._cgroup is None:
+                self._cgroup = tempfile.mkdtemp(prefix="bertlab-kernel-", dir=PIDS_CGROUP)
+                limit = settings.limits(Path(kw["cwd"]).name if kw.get("cwd") else None)["processes"]
+                Path(self._cgroup, "pids.max").write_text(str(limit))
+            # the shell joins the cgroup, then becomes the sandbox: every process after it is counted
+            cmd = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', self._cgroup, *cmd]
         return cmd, kw
 
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
@@ -226,3 +265,11 @@ class SandboxedKernelManager(AsyncKernelManager):
         if self._sockets and not restart:
             shutil.rmtree(self._sockets, ignore_errors=True)
             self._sockets = None
+        if self._cgroup and not restart:
+            for _ in range(50):  # its processes may take a moment to go
+                try:
+                    os.rmdir(self._cgroup)
+                    break
+                except OSError:
+                    await asyncio.sleep(0.1)
+            self._cgroup = None

@@ -45,7 +45,7 @@ hostile-write      a correct answer, but writes a file next to the gradebook (ou
 Every hostile student must get 0 for the exercise it cheats on and a flag (a
 ``GradingIntegrityError`` output) in that test cell; no honest student is ever flagged.
 
-The students who go for the machine instead (the network, memory, disk), written past the scan
+The students who go for the machine instead (the network, memory, disk, processes), written past the scan
 so that only the sandbox stops them, are in :mod:`bertlab.instructor.attacks`
 (:data:`RESOURCE_SCENARIOS`): 0 for the last exercise, the others graded.
 
@@ -279,13 +279,15 @@ class Submission:
 
 
 def fabricate(assignment: str, solution_nb, released_nb, scenarios=SCENARIOS, port: int = 0,
-              limits: dict[str, int] | None = None, network_cut: bool = True, limited: bool = True) -> list[Submission]:
+              limits: dict[str, int] | None = None, network_cut: bool = True, limited: bool = True,
+              processes_bounded: bool = True) -> list[Submission]:
     """One submission per scenario, built from the released student notebook.
 
     The resource scenarios (:mod:`bertlab.instructor.attacks`): ``port``, where the accomplice of
     hostile-network listens; ``limits``, the kernel's (default ``attacks.CLASS_LIMITS``), which the
-    hogs go past; ``network_cut`` and ``limited``: whether the sandbox here cuts the network and
-    applies the limits (when it does not, those students get full marks, and the note says why).
+    hogs go past; ``network_cut``, ``limited`` and ``processes_bounded``: whether the sandbox here
+    cuts the network, applies the limits and bounds the process count (when it does not, those
+    students get full marks, and the note says why).
     """
     import nbformat
 
@@ -385,7 +387,7 @@ def fabricate(assignment: str, solution_nb, released_nb, scenarios=SCENARIOS, po
                 edit[ex[last]] += "\n\n" + code
             else:  # the hog first: its error ends the cell before the function is defined
                 edit[ex[last]] = code + "\n" + edit[ex[last]]
-            stopped = network_cut if s == "hostile-network" else limited
+            stopped = {"hostile-network": network_cut, "hostile-processes": processes_bounded}.get(s, limited)
             nb, exp = build(edit), lay.score(broken_last if stopped else full)
             note = "stopped by the sandbox: 0 for the exercise" if stopped else "NOT stopped here (see Sandbox:)"
         else:
