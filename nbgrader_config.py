@@ -44,8 +44,9 @@ c.OverwriteCells.add_missing_cells = True
 # folder...) and zeroes the test cells after a finding, resets the kernel state a learner can
 # change before each test cell, and zeroes a test cell that did not run to its end. Every finding
 # is in the grading log ("Integrity:") and in the test cell's output (the grade report and the
-# feedback). Each kernel runs in a sandbox (bertlab.instructor.sandbox: bubblewrap + prlimit,
-# limits in c.Sandbox.*); the log says which isolation each submission got ("Sandbox:").
+# feedback). Each kernel runs in a sandbox (bertlab.instructor.sandbox: bubblewrap + prlimit, no
+# network, a pids cgroup where it can; limits in c.Sandbox.*, per assignment in
+# c.Sandbox.assignment_limits); the log says which isolation each submission got ("Sandbox:").
 # docs/instructors.md, "Grading safely", says what it stops and what it does not.
 c.Autograde.autograde_preprocessors = [
     "bertlab.instructor.integrity.GuardedExecute",

@@ -139,7 +139,8 @@ def test_class_plan():
     names = ["00-welcome", "04-finetuning", "07-other"]
     plan = grading.class_plan(names, full=False)
     assert plan["04-finetuning"] == submissions.SCENARIOS
-    assert plan["00-welcome"] == submissions.SCENARIOS + submissions.HOSTILE_SCENARIOS, "the hostile class on 00"
+    assert plan["00-welcome"] == submissions.SCENARIOS + submissions.HOSTILE_SCENARIOS + submissions.RESOURCE_SCENARIOS, \
+        "the hostile class on 00"
     assert set(grading.HOSTILE_NOTEBOOKS) <= set(submissions.WRONG), "a hostile notebook needs a WRONG answer"
     assert plan["07-other"] == grading.CORE_SCENARIOS
     assert set(grading.CORE_SCENARIOS) < set(submissions.SCENARIOS)
@@ -534,6 +535,8 @@ def test_scan_finds_every_trick_and_nothing_in_honest_work():
         found = integrity.scan(s.nb, ins)
         if s.student in submissions.HOSTILE_SCENARIOS:
             assert found, f"{s.student}: the scan found nothing"
+        elif s.student in submissions.RESOURCE_SCENARIOS:
+            assert not found, f"{s.student} is written past the scan (only the sandbox may stop it): {found}"
         else:
             assert not found, f"{s.student} (honest) flagged: {[str(f) for f in found]}"
     for n in course.assignments():
@@ -572,6 +575,8 @@ def _guarded_run(tmp_path, cells, **settings):
     cfg.CourseDirectory.root = str(tmp_path)
     cfg.CourseDirectory.source_directory = "solutions"  # as the course names it
     cfg.Execute.timeout = 60
+    for k, v in settings.pop("sandbox", {}).items():
+        setattr(cfg.Sandbox, k, v)
     for k, v in settings.items():
         setattr(cfg.GuardedExecute, k, v)
     nb = nbformat.v4.new_notebook(cells=cells)
@@ -652,6 +657,18 @@ def test_sandbox_with_the_course_under_tmp(tmp_path):
     _sandbox_probe(tmp_path, sandbox)
 
 
+def test_sandbox_says_when_it_cannot_cut_the_network(monkeypatch, tmp_path):
+    """Where bubblewrap cannot make a network namespace, the kernel talks TCP and keeps the
+    network, and the grading log's Sandbox: line says so (never silently)."""
+    from bertlab.instructor import sandbox
+
+    monkeypatch.setattr(sandbox, "network", lambda: "bwrap --unshare-net failed: a test")
+    assert not sandbox.cuts_network(sandbox.Sandbox())
+    if sandbox.mechanism() == "bwrap":
+        assert "network NOT cut (bwrap --unshare-net failed: a test)" in sandbox.describe()
+    _sandbox_probe(tmp_path, sandbox)
+
+
 def test_sandbox_keeps_a_repository_under_tmp_importable(monkeypatch, tmp_path):
     """Laid out as bwrap reads it: the private /tmp first, then the repository, the venv and the
     course read-only again, then the hidden paths over them."""
@@ -668,7 +685,22 @@ def test_sandbox_keeps_a_repository_under_tmp_importable(monkeypatch, tmp_path):
 
 
 def _sandbox_probe(tmp_path, sandbox):
-    probe = ("import pathlib, os\n"
+    """Also: no network (a listener of this test's on 127.0.0.1 is out of reach) and no other
+    process in sight (a PID namespace of its own), where bubblewrap can do that here."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        _sandbox_probe_with(tmp_path, sandbox, listener.getsockname()[1])
+    finally:
+        listener.close()
+
+
+def _sandbox_probe_with(tmp_path, sandbox, port):
+    probe = ("import pathlib, os, socket\n"
+             "try:\n    socket.create_connection(('127.0.0.1', %d), timeout=10).close(); print('network open')\n"
+             "except OSError as e:\n    print('network cut', type(e).__name__)\n"
+             "print('processes', sum(p.isdigit() for p in os.listdir('/proc')))\n" % port +
              "root = pathlib.Path.cwd().parents[2]\n"
              "print('key', (root / 'solutions' / 'a' / 'key.txt').exists())\n"
              "try:\n    print('gradebook', (root / 'gradebook.db').read_text() == 'grades')\n"
@@ -686,8 +718,32 @@ def _sandbox_probe(tmp_path, sandbox):
         assert not (tmp_path / "escaped.txt").exists()
         assert "runtime 0" in text, "other kernels' connection files (their keys) must be hidden"
         assert sandbox.describe().startswith("Sandbox: bubblewrap")
+        assert int(re.search(r"processes (\d+)", text).group(1)) < 10, "the grader's processes are out of sight"
+        if sandbox.cuts_network(sandbox.Sandbox()):
+            assert "network cut ConnectionRefusedError" in text and "no network" in sandbox.describe(), text
+        else:
+            assert "network open" in text and "network NOT cut" in sandbox.describe(), text
     else:
         assert "NOT SANDBOXED" in sandbox.describe()
+
+
+def test_sandbox_bounds_the_processes_of_a_root_grader(tmp_path):
+    """prlimit --nproc does not bind root: a pids cgroup per kernel does (where it can be made;
+    the log says which). The hog is bounded (40 processes of 5 s) whatever happens."""
+    from bertlab.instructor import sandbox
+
+    hog = ("import multiprocessing as mp, time\nn = 0\ntry:\n    for _ in range(40):\n"
+           "        mp.Process(target=time.sleep, args=(5,), daemon=True).start(); n += 1\n"
+           "except OSError as e:\n    print('refused after', n, e.strerror)\nelse:\n    print('started', n)")
+    nb = _guarded_run(tmp_path, [nbformat.v4.new_code_cell(hog), _graded("print('graded after')")],
+                      scan_enabled=False, sandbox={"processes": 30})
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.outputs)
+    assert "graded after" in text, text
+    if sandbox.processes_bounded():
+        assert "refused after" in text and "Resource temporarily unavailable" in text, text
+        assert "processes: a pids cgroup per kernel" in sandbox.describe() or os.getuid() != 0
+    else:
+        assert "started 40" in text and "process count NOT limited" in sandbox.describe(), text
 
 
 def test_sandboxed_kernel_is_interrupted_at_the_cell_timeout(tmp_path):
@@ -744,3 +800,35 @@ def test_honest_students_are_never_flagged_and_the_sandbox_is_logged(klass):
         assert not (klass.course_dir / submissions.HOSTILE_FILE).exists(), "a submission wrote into the course root"
     else:
         assert "NOT SANDBOXED" in logs
+
+
+RESOURCE = [(a, s) for a, s in PAIRS if s in submissions.RESOURCE_SCENARIOS]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,student", RESOURCE, ids=[f"{a}/{s}" for a, s in RESOURCE])
+def test_the_sandbox_stops_the_attacks_on_the_machine(klass, name, student):
+    """Network, memory, disk, processes: 0 for the exercise (test_exact_score), stopped by the sandbox (the
+    scan does not see them), with the error in the exercise's cell or its test; the kernel lives
+    on. Where the sandbox cannot stop one here, the student is expected to get the points."""
+    from bertlab.instructor import sandbox
+
+    nb = nbformat.read(klass.autograded(student, name), as_version=4)
+    assert not _flags(nb), f"{student} is written past the scan"
+    exercise = submissions.layout(_solution(name, klass.course_dir), name).exercises[-1]
+    cell = next(c for c in nb.cells if _grade_id(c) == exercise)
+    tests = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    assert all(c.execution_count is not None for c in tests), "every test cell still ran"
+    errors = [(o.get("ename"), o.get("evalue")) for o in cell.outputs if o.get("output_type") == "error"]
+    if student == "hostile-network":
+        if sandbox.cuts_network(sandbox.Sandbox()):
+            assert klass.accomplice_calls == 0, "a submission reached the accomplice on 127.0.0.1"
+            assert any("ConnectionRefusedError" in e for t in tests for e in _errors(t)), "the tests' calls fail"
+        else:
+            assert klass.accomplice_calls > 0
+    elif student == "hostile-processes":
+        if sandbox.processes_bounded():
+            assert any("Resource temporarily unavailable" in (v or "") for _, v in errors), errors
+    elif sandbox.mechanism() != "none":
+        want = {"hostile-memory": ("MemoryError", ""), "hostile-disk": ("OSError", "File too large")}[student]
+        assert any(want[0] in (n or "") and want[1] in (v or "") for n, v in errors), f"{student}: {errors}"

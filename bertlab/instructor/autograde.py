@@ -83,6 +83,7 @@ class ClassRun:
     logs: dict[str, str] = field(default_factory=dict)
     workers: int = 1  # grading workers (each its own copy of the course)
     grade_seconds: float = 0.0  # wall time of autograde and feedback, all workers
+    accomplice_calls: int = 0  # connections the accomplice of hostile-network got (the network is cut: 0)
 
     def submission(self, student: str, assignment: str) -> Submission:
         return next(s for s in self.submissions if s.student == student and s.assignment == assignment)

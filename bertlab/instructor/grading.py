@@ -13,7 +13,10 @@ nbgrader course's submitted/ folder) the same way, split by students, with a pro
 CSV of per-submission times and scores (:func:`autograde_class`; docs/instructors.md).
 
 The students and the scores they must get: ``bertlab.instructor.submissions`` (the hostile
-students, who try to cheat the grader, on HOSTILE_NOTEBOOKS). What their feedback may show:
+students, who try to cheat the grader, on HOSTILE_NOTEBOOKS) and ``bertlab.instructor.attacks``
+(those who go for the machine: the network, memory, disk; their notebooks grade under lowered
+limits, and an accomplice on 127.0.0.1 answers hostile-network where the network is not cut).
+``class`` grades every scenario on each notebook it is given, the hostile ones where they apply. What their feedback may show:
 ``bertlab.instructor.feedback``. What stops the cheats: ``bertlab.instructor.integrity`` and
 ``bertlab.instructor.sandbox``, which the course's nbgrader_config.py puts in ``nbgrader autograde``.
 
@@ -32,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bertlab.instructor import course
+from bertlab.instructor import attacks, course, sandbox
 from bertlab.instructor.autograde import (
     ClassRun,
     autograde_class,
@@ -42,7 +45,16 @@ from bertlab.instructor.autograde import (
     nbgrader,
 )
 from bertlab.instructor.feedback import check_feedback
-from bertlab.instructor.submissions import ALL_SCENARIOS, HOSTILE_SCENARIOS, SCENARIOS, WRONG, Submission, fabricate
+from bertlab.instructor.submissions import (
+    ALL_SCENARIOS,
+    HOSTILE_SCENARIOS,
+    RESOURCE_SCENARIOS,
+    SCENARIOS,
+    WRONG,
+    Submission,
+    fabricate,
+    fill,
+)
 
 ROOT = course.ROOT
 
@@ -53,9 +65,10 @@ CLASS_TIMEOUT = int(os.environ.get("BERTLAB_CLASS_TIMEOUT", "60"))
 
 # --------------------------------------------------------------------------- the course
 def make_course(course_dir: Path, names: list[str] | None = None, timeout: int = CLASS_TIMEOUT,
-                repo: Path = ROOT) -> list[str]:
+                repo: Path = ROOT, limits: dict[str, dict[str, int]] | None = None) -> list[str]:
     """A throwaway copy of the course: solutions/, the course's nbgrader_config.py with a local
-    exchange and the class timeout, a gradebook, and the released notebooks. Returns the names."""
+    exchange and the class timeout, a gradebook, and the released notebooks. Returns the names.
+    ``limits``: the sandbox's limits of some notebooks' kernels (``c.Sandbox.assignment_limits``)."""
     course_dir = Path(course_dir)
     names = names or course.assignments(repo)
     (course_dir / "solutions").mkdir(parents=True, exist_ok=True)
@@ -68,6 +81,8 @@ def make_course(course_dir: Path, names: list[str] | None = None, timeout: int =
         "c.Exchange.root = os.path.join(c.CourseDirectory.root, 'exchange')\n"
         f"c.Execute.timeout = {int(timeout)}  # the real course: 180 s\n"
     )
+    if limits:
+        config += f"c.Sandbox.assignment_limits = {limits!r}  # lowered for the hostile students' hogs\n"
     (course_dir / "nbgrader_config.py").write_text(config)
     (course_dir / "exchange").mkdir(exist_ok=True)
     for name in names:
@@ -123,18 +138,24 @@ def run_class(course_dir: Path, names: list[str] | None = None, scenarios=SCENAR
     unknown = sorted({s for v in plan.values() for s in v} - set(ALL_SCENARIOS))
     if unknown:
         raise ValueError(f"scenarios: unknown {unknown}; known: {list(ALL_SCENARIOS)}")
-    names = make_course(course_dir, names, timeout)
-    subs = []
-    for name in names:
-        solution = read(course_dir / "solutions" / name / f"{name}.ipynb")
-        released = read(course_dir / "notebooks" / name / f"{name}.ipynb")
-        subs += fabricate(name, solution, released, plan[name])
-    write_submissions(course_dir, subs)
-    shards = [{name: list(plan[name]) for name in shard} for shard in _shards(plan, workers)]
-    run = ClassRun(course_dir, subs, workers=max(len(shards), 1))
-    start = time.time()
-    grade_shards(course_dir, shards, run, log)
-    run.grade_seconds = time.time() - start
+    # the notebooks with resource scenarios (attacks) grade under lowered limits, which their hogs go past
+    limits = {n: attacks.CLASS_LIMITS for n in names if set(plan[n]) & set(RESOURCE_SCENARIOS)}
+    names = make_course(course_dir, names, timeout, limits=limits)
+    contained = dict(network_cut=sandbox.cuts_network(sandbox.Sandbox()), limited=sandbox.mechanism() != "none",
+                     processes_bounded=sandbox.processes_bounded())
+    with attacks.Accomplice(_answers(course_dir, names, plan)) as accomplice:
+        subs = []
+        for name in names:
+            solution = read(course_dir / "solutions" / name / f"{name}.ipynb")
+            released = read(course_dir / "notebooks" / name / f"{name}.ipynb")
+            subs += fabricate(name, solution, released, plan[name], port=accomplice.port, **contained)
+        write_submissions(course_dir, subs)
+        shards = [{name: list(plan[name]) for name in shard} for shard in _shards(plan, workers)]
+        run = ClassRun(course_dir, subs, workers=max(len(shards), 1))
+        start = time.time()
+        grade_shards(course_dir, shards, run, log)
+        run.grade_seconds = time.time() - start
+    run.accomplice_calls = accomplice.calls
     proc = nbgrader(course_dir, "export")
     run.logs["export"] = proc.stdout + proc.stderr
     with open(course_dir / "grades.csv") as fh:
@@ -142,6 +163,21 @@ def run_class(course_dir: Path, names: list[str] | None = None, scenarios=SCENAR
             run.exported[(row["student_id"], row["assignment"])] = float(row["score"])
     run.scores = gradebook_scores(course_dir)
     return run
+
+
+def _answers(course_dir: Path, names: list[str], plan: dict[str, tuple[str, ...]]) -> dict:
+    """The functions the accomplice of hostile-network computes: each such notebook's last
+    exercise, from its solution cell (run here with torch imported)."""
+    namespace: dict = {}
+    for name in names:
+        if "hostile-network" in plan[name]:
+            from bertlab.instructor.submissions import layout
+
+            nb = read(course_dir / "solutions" / name / f"{name}.ipynb")
+            last = layout(nb, name).exercises[-1]
+            cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == last)
+            exec("import torch\n" + fill(cell.source), namespace)  # the instructor's own solution
+    return namespace
 
 
 def report(run: ClassRun, out=print) -> list[str]:
@@ -183,7 +219,7 @@ def class_plan(names: list[str], full: bool | None = None) -> dict[str, tuple[st
             for n in names}
     for n in names:
         if n in WRONG and (full or n in HOSTILE_NOTEBOOKS or len(names) == 1):
-            plan[n] = plan[n] + HOSTILE_SCENARIOS
+            plan[n] = plan[n] + HOSTILE_SCENARIOS + RESOURCE_SCENARIOS
     return plan
 
 
@@ -234,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--keep: {args.keep} exists and is not empty")
     tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="bertlab-class-")
     try:
-        run = run_class(Path(args.keep or tmp.name), args.names or class_names(), timeout=args.timeout)
+        names = args.names or class_names() or course.assignments()
+        run = run_class(Path(args.keep or tmp.name), names, class_plan(names, full=True), timeout=args.timeout)
         bad = report(run)
         print(f"class: {len(run.submissions) - len(bad)}/{len(run.submissions)} submissions graded as expected")
         return 1 if bad else 0

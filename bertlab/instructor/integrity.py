@@ -281,9 +281,10 @@ class GuardedExecute(Execute):
         findings = scan(nb, self._instructor(resources)) if self.scan_enabled else []
         from bertlab.instructor import sandbox
 
-        line = sandbox.describe() if sandbox.Sandbox(config=self.config).enabled else \
+        settings = sandbox.Sandbox(config=self.config)
+        line = sandbox.describe(settings) if settings.enabled else \
             "Sandbox: NOT SANDBOXED: c.Sandbox.enabled is False in the course's nbgrader_config.py"
-        (self.log.info if line.startswith("Sandbox: bubblewrap") else self.log.warning)("%s: %s", student, line)
+        (self.log.warning if "NOT" in line else self.log.info)("%s: %s", student, line)
         for f in findings:
             self.log.warning("Integrity: %s: %s", student, f)
         marker = f"bertlab-graded-{secrets.token_hex(12)}"

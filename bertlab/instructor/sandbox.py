@@ -2,7 +2,8 @@
 
 :class:`SandboxedKernelManager` starts the grading kernel as
 
-    bwrap --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp [hide the grader's files]
+    bwrap --unshare-net --unshare-pid --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp
+          [hide the grader's files] --bind SOCKET_FOLDER SOCKET_FOLDER
           --bind SUBMISSION_FOLDER SUBMISSION_FOLDER --chdir SUBMISSION_FOLDER
           -- prlimit --as=... --nproc=... --fsize=... --nofile=... -- python -m ipykernel_launcher ...
 
@@ -11,12 +12,22 @@ gradebook, submitted/, autograded/ (other learners), feedback/ and exchange (emp
 an unreadable file, stand in), nor the grader's home folder (its keys, and the connection files
 of the grader's other kernels; the kernel gets its own connection file only), can write only
 in its own autograded folder and a private /tmp, and runs under limits on memory (address space),
-processes, file size and open files.
+processes, file size and open files. It has **no network**: a network namespace of its own
+(``--unshare-net``: only a loopback of its own, nothing to connect to), which works because the
+kernel talks to nbgrader over Unix sockets (jupyter_client's ``ipc`` transport) in a folder of
+its own that the sandbox binds, not over TCP. Every process it starts lives in a PID namespace
+of its own (``--unshare-pid``) and dies with the kernel.
 
-**Not covered**: the network (the kernel talks to nbgrader over TCP on loopback, so it keeps
-the host's network namespace: grade in ``unshare --net``, docs/instructors.md); CPU time (the
-cell timeout of nbgrader stops a stuck cell); ``--nproc`` is not enforced for root (the grader
-runs as root in a container: run it as an unprivileged user for that limit).
+Where bubblewrap cannot create a network namespace (:func:`network`), the kernel talks TCP on
+the host's loopback and keeps the network, and the grading log says so (``network NOT cut``).
+
+Processes: ``--nproc`` does not bind root (the kernel exempts a real uid 0 from RLIMIT_NPROC, in
+a user namespace too), so where cgroup v1's pids hierarchy is writable (:func:`pids_cgroup`) each
+kernel gets a pids cgroup of its own with ``pids.max`` = the process limit (threads count too).
+
+**Not covered**: CPU time (the cell timeout of nbgrader stops a stuck cell); the process count
+of a root grader without a writable pids cgroup (the log says so); the total disk a submission
+fills with many files, each under ``--fsize``.
 
 :func:`mechanism` says what works on this machine: ``bwrap`` (bubblewrap present and able to
 create its namespaces), else ``prlimit`` (limits only: no file isolation), else ``none``. The
@@ -24,15 +35,17 @@ grading log says which on every submission (``Sandbox:`` lines); it is never sil
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from jupyter_client import AsyncKernelManager
-from traitlets import Bool, Integer, List, Unicode
+from traitlets import Bool, Dict, Integer, List, Unicode
 from traitlets.config import Configurable
 
 from bertlab import cache
@@ -48,11 +61,30 @@ class Sandbox(Configurable):
     memory_bytes = Integer(12 * GiB, help="Address-space limit of the kernel (prlimit --as). torch "
                            "reserves several GiB of address space it never uses: keep it well above the "
                            "resident memory a notebook needs.").tag(config=True)
-    processes = Integer(512, help="Process limit (prlimit --nproc; not enforced for root).").tag(config=True)
+    processes = Integer(512, help="Process limit (prlimit --nproc, which does not bind root; and pids.max "
+                        "of the kernel's pids cgroup where one can be made, threads included).").tag(config=True)
     file_bytes = Integer(2 * GiB, help="Largest file the kernel may write (prlimit --fsize).").tag(config=True)
     open_files = Integer(1024, help="Open files (prlimit --nofile).").tag(config=True)
     hide = List(Unicode(), help="More paths to hide from the kernel (besides the course's solutions, "
                 "gradebook, submitted, autograded, feedback and exchange).").tag(config=True)
+    cut_network = Bool(True, help="Give the kernel no network (a network namespace of its own; it talks "
+                       "to nbgrader over Unix sockets). Needs bubblewrap.").tag(config=True)
+    assignment_limits = Dict(help="Limits of one assignment's kernels, by assignment name, e.g. "
+                             "{'00-welcome': {'memory_bytes': 4 * GiB, 'file_bytes': 64 * 1024**2}}: any of "
+                             "memory_bytes, processes, file_bytes, open_files; the others as above.").tag(config=True)
+
+    def limits(self, assignment: str | None = None) -> dict[str, int]:
+        """The limits of a kernel grading ``assignment`` (with its entry of assignment_limits)."""
+        out = {k: getattr(self, k) for k in LIMITS}
+        extra = self.assignment_limits.get(assignment, {}) if assignment else {}
+        unknown = sorted(set(extra) - set(LIMITS))
+        if unknown:
+            raise ValueError(f"c.Sandbox.assignment_limits[{assignment!r}]: unknown {unknown}; known: {list(LIMITS)}")
+        return {**out, **{k: int(v) for k, v in extra.items()}}
+
+
+#: The limits, as prlimit sets them.
+LIMITS = {"memory_bytes": "--as", "processes": "--nproc", "file_bytes": "--fsize", "open_files": "--nofile"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,12 +101,28 @@ def mechanism() -> str:
     return "none"
 
 
-def describe() -> str:
+@functools.lru_cache(maxsize=None)
+def network() -> str:
+    """Why the kernel keeps the network here ("" when bubblewrap can cut it: ``--unshare-net``)."""
+    if mechanism() != "bwrap":
+        return "no bubblewrap"
+    probe = subprocess.run(["bwrap", "--unshare-net", "--unshare-pid", "--ro-bind", "/", "/", "--dev", "/dev",
+                            "--proc", "/proc", "true"], capture_output=True, text=True)
+    return "" if probe.returncode == 0 else f"bwrap --unshare-net failed: {probe.stderr.strip() or probe.returncode}"
+
+
+def describe(settings: Sandbox | None = None) -> str:
     """One line for the grading log: what isolates a submission here."""
+    s = settings or Sandbox()
     m = mechanism()
     if m == "bwrap":
-        return ("Sandbox: bubblewrap + prlimit (own folder writable, grader's files hidden, memory/file/process "
-                "limits; network not isolated)")
+        why = "c.Sandbox.cut_network is False" if not s.cut_network else network()
+        net = ("no network (own network namespace, Unix sockets to the grader)" if not why else
+               f"network NOT cut ({why}): a submission can connect out")
+        procs = ("processes: a pids cgroup per kernel" if not pids_cgroup() else "processes: --nproc" if os.getuid()
+                 else f"process count NOT limited (root; {pids_cgroup()})")
+        return (f"Sandbox: bubblewrap + prlimit (own folder writable, grader's files hidden, memory/file limits; "
+                f"{procs}; {net})")
     why = getattr(mechanism, "failure", "") or "bwrap not found (apt-get install bubblewrap)"
     if m == "prlimit":
         return f"Sandbox: NOT SANDBOXED for files: {why}; only prlimit limits (memory, file size, processes)"
@@ -99,18 +147,52 @@ def _course_paths(config) -> tuple[Path, list[Path]]:
     return root, hidden
 
 
-def wrap(cmd: list[str], cwd: str | os.PathLike | None, config=None, settings: Sandbox | None = None) -> list[str]:
-    """The kernel command ``cmd`` run in the sandbox, with ``cwd`` (its folder) writable."""
+#: cgroup v1's pids hierarchy: a cgroup of its own per kernel, with pids.max, bounds its processes
+#: (and threads) for root too, which prlimit --nproc does not.
+PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
+
+
+@functools.lru_cache(maxsize=None)
+def pids_cgroup() -> str:
+    """Why a kernel cannot get a pids cgroup of its own here ("" when it can)."""
+    if not (PIDS_CGROUP / "cgroup.procs").is_file():
+        return f"no cgroup v1 pids hierarchy at {PIDS_CGROUP}"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix="bertlab-probe-", dir=PIDS_CGROUP))
+    except OSError as e:
+        return f"cannot make a cgroup in {PIDS_CGROUP}: {e.strerror}"
+    return ""
+
+
+def processes_bounded() -> bool:
+    """Whether a kernel's process count is bounded here: a pids cgroup, or ``--nproc`` for a grader
+    that is not root (the kernel exempts root from RLIMIT_NPROC, in a user namespace too)."""
+    return mechanism() != "none" and (not pids_cgroup() or os.getuid() != 0)
+
+
+def cuts_network(settings: Sandbox) -> bool:
+    """Whether kernels started with ``settings`` get no network (they then talk over Unix sockets)."""
+    return settings.enabled and settings.cut_network and mechanism() == "bwrap" and not network()
+
+
+def wrap(cmd: list[str], cwd: str | os.PathLike | None, config=None, settings: Sandbox | None = None,
+         sockets: str | os.PathLike | None = None) -> list[str]:
+    """The kernel command ``cmd`` run in the sandbox, with ``cwd`` (its folder) writable.
+    ``sockets``: the folder of the kernel's Unix sockets; given, the kernel gets no network."""
     s = settings or Sandbox(config=config)
     m = mechanism() if s.enabled else "none"
     if m == "none":
         return list(cmd)
-    limits = ["prlimit", f"--as={s.memory_bytes}", f"--nproc={s.processes}", f"--fsize={s.file_bytes}",
-              f"--nofile={s.open_files}", "--"]
+    limits = ["prlimit"] + [f"{flag}={v}" for flag, v in
+                            zip(LIMITS.values(), s.limits(Path(cwd).name if cwd else None).values())] + ["--"]
     if m == "prlimit":
         return limits + list(cmd)
-    out = ["bwrap", "--die-with-parent", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-           "--tmpfs", "/tmp", "--setenv", "IPYTHONDIR", "/tmp/ipython", "--setenv", "MPLCONFIGDIR", "/tmp/matplotlib"]
+    # in its own PID namespace the kernel's parent is pid 1, which ipykernel takes for "the grader
+    # has exited" (it polls for that when JPY_PARENT_PID is set): --die-with-parent does that job
+    out = ["bwrap", "--die-with-parent", "--unshare-pid", "--unsetenv", "JPY_PARENT_PID"]
+    out += ["--unshare-net"] if sockets else []
+    out += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+            "--tmpfs", "/tmp", "--setenv", "IPYTHONDIR", "/tmp/ipython", "--setenv", "MPLCONFIGDIR", "/tmp/matplotlib"]
     root, hidden = _course_paths(config)
     # what the private /tmp would hide but the kernel needs (a course, a clone of this repository
     # or its venv may live under /tmp, as on a CI machine): seen read-only again; the hidden paths
@@ -140,20 +222,54 @@ def wrap(cmd: list[str], cwd: str | os.PathLike | None, config=None, settings: S
     # overwrite an entry, which changes later submissions' lesson cells, not their tests' answers)
     model_cache = cache.cache_dir()
     out += ["--bind", str(model_cache), str(model_cache)]
+    if sockets:  # the kernel's end of its Unix sockets to nbgrader (under the private /tmp)
+        out += ["--bind", str(sockets), str(sockets)]
     if cwd:
         out += ["--bind", str(cwd), str(cwd), "--chdir", str(cwd)]
     return out + ["--"] + limits + list(cmd)
 
 
 class SandboxedKernelManager(AsyncKernelManager):
-    """jupyter_client's kernel manager, starting the kernel through :func:`wrap`."""
+    """jupyter_client's kernel manager, starting the kernel through :func:`wrap`; where the sandbox
+    cuts the network, over Unix sockets in a folder of the kernel's own (``ipc`` transport)."""
+
+    _sockets = None
+    _cgroup = None
 
     async def _async_pre_start_kernel(self, **kw):
+        settings = Sandbox(config=self.config)
+        if cuts_network(settings) and self._sockets is None:
+            # before the connection file is written: it names the sockets. A short path: a Unix
+            # socket's path is at most 107 bytes.
+            self._sockets = tempfile.mkdtemp(prefix="bertlab-kernel-", dir="/tmp")
+            self.transport = "ipc"
+            self.ip = os.path.join(self._sockets, "k")
         cmd, kw = await super()._async_pre_start_kernel(**kw)
-        cmd = wrap(cmd, kw.get("cwd"), self.config)
+        cmd = wrap(cmd, kw.get("cwd"), self.config, settings, sockets=self._sockets)
         if cmd[0] == "bwrap":
             # A SIGINT to the kernel's process group reaches bwrap too, which dies of it (and takes
             # the kernel along): interrupt by message on the control channel instead (ipykernel
             # then sends SIGINT to itself), so the cell timeout interrupts only the cell.
             self.kernel_spec.interrupt_mode = "message"
+        if settings.enabled and cmd[0] in ("bwrap", "prlimit") and not pids_cgroup():
+            if self._cgroup is None:
+                self._cgroup = tempfile.mkdtemp(prefix="bertlab-kernel-", dir=PIDS_CGROUP)
+                limit = settings.limits(Path(kw["cwd"]).name if kw.get("cwd") else None)["processes"]
+                Path(self._cgroup, "pids.max").write_text(str(limit))
+            # the shell joins the cgroup, then becomes the sandbox: every process after it is counted
+            cmd = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', self._cgroup, *cmd]
         return cmd, kw
+
+    async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        await super()._async_cleanup_resources(restart=restart)
+        if self._sockets and not restart:
+            shutil.rmtree(self._sockets, ignore_errors=True)
+            self._sockets = None
+        if self._cgroup and not restart:
+            for _ in range(50):  # its processes may take a moment to go
+                try:
+                    os.rmdir(self._cgroup)
+                    break
+                except OSError:
+                    await asyncio.sleep(0.1)
+            self._cgroup = None

@@ -45,6 +45,10 @@ hostile-write      a correct answer, but writes a file next to the gradebook (ou
 Every hostile student must get 0 for the exercise it cheats on and a flag (a
 ``GradingIntegrityError`` output) in that test cell; no honest student is ever flagged.
 
+The students who go for the machine instead (the network, memory, disk, processes), written past the scan
+so that only the sandbox stops them, are in :mod:`bertlab.instructor.attacks`
+(:data:`RESOURCE_SCENARIOS`): 0 for the last exercise, the others graded.
+
 Expected scores come from the test cells' points in the solution notebook: a test cell
 earns its points when every exercise up to and including its own is correct, else 0 (tests
 run top to bottom, so a test can use earlier exercises but never later ones). That is why a
@@ -55,12 +59,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from bertlab.instructor import attacks
+from bertlab.instructor.attacks import RESOURCE_SCENARIOS
+
 SCENARIOS = ("perfect", "blank", "partial", "syntax-error", "exception", "infinite-loop",
              "deleted-test", "edited-test", "stderr-warnings", "out-of-order")
 
 HOSTILE_SCENARIOS = ("hostile-helpers", "hostile-transformer", "hostile-builtins", "hostile-equal",
                      "hostile-answer-key", "hostile-write")
-ALL_SCENARIOS = SCENARIOS + HOSTILE_SCENARIOS
+ALL_SCENARIOS = SCENARIOS + HOSTILE_SCENARIOS + RESOURCE_SCENARIOS
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"
@@ -271,8 +278,17 @@ class Submission:
         return sum(self.expected.values())
 
 
-def fabricate(assignment: str, solution_nb, released_nb, scenarios=SCENARIOS) -> list[Submission]:
-    """One submission per scenario, built from the released student notebook."""
+def fabricate(assignment: str, solution_nb, released_nb, scenarios=SCENARIOS, port: int = 0,
+              limits: dict[str, int] | None = None, network_cut: bool = True, limited: bool = True,
+              processes_bounded: bool = True) -> list[Submission]:
+    """One submission per scenario, built from the released student notebook.
+
+    The resource scenarios (:mod:`bertlab.instructor.attacks`): ``port``, where the accomplice of
+    hostile-network listens; ``limits``, the kernel's (default ``attacks.CLASS_LIMITS``), which the
+    hogs go past; ``network_cut``, ``limited`` and ``processes_bounded``: whether the sandbox here
+    cuts the network, applies the limits and bounds the process count (when it does not, those
+    students get full marks, and the note says why).
+    """
     import nbformat
 
     lay = layout(solution_nb, assignment)
@@ -361,6 +377,19 @@ def fabricate(assignment: str, solution_nb, released_nb, scenarios=SCENARIOS) ->
             edit[ex[last]] += "\n\n" + TRICKS[s].format(exercise=ex[last], assignment=assignment)
             nb, exp = build(edit), lay.score(broken_last)
             note = "hostile: 0 and flagged"
+        elif s in RESOURCE_SCENARIOS:
+            edit = solved(all_ids)
+            code = attacks.trick(s, ex[last], limits or attacks.CLASS_LIMITS, port)
+            wrong = WRONG.get(assignment, {}).get(ex[last])
+            if s == "hostile-network":  # the wrong answer (if registered), then the remote call
+                if wrong is not None:
+                    edit[ex[last]] = fill(sol[ex[last]].source, lambda body, indent: _indented(wrong, indent))
+                edit[ex[last]] += "\n\n" + code
+            else:  # the hog first: its error ends the cell before the function is defined
+                edit[ex[last]] = code + "\n" + edit[ex[last]]
+            stopped = {"hostile-network": network_cut, "hostile-processes": processes_bounded}.get(s, limited)
+            nb, exp = build(edit), lay.score(broken_last if stopped else full)
+            note = "stopped by the sandbox: 0 for the exercise" if stopped else "NOT stopped here (see Sandbox:)"
         else:
             raise ValueError(f"scenarios: unknown scenario {s!r}; known: {ALL_SCENARIOS}")
         subs.append(Submission(s, assignment, nb, exp, note))
