@@ -5,14 +5,13 @@
   axes, and a check that ONNX Runtime's logits equal PyTorch's at several shapes.
 - :func:`ort_session`, :func:`quantize_onnx`: ONNX Runtime with graph optimisation, and its
   own INT8 quantization: dynamic (which also quantizes the word embeddings) or static (calibrated).
-- :class:`TorchRunner`, :class:`OrtRunner`, :func:`pad_batch`: either model as a function of
-  padded (B, T) int64 arrays to logits.
+- :class:`TorchRunner`, :class:`OrtRunner`: a model as a function of padded (B, T) int64 arrays
+  (:func:`pad_batch`) to logits; :func:`batch_logits` over many reports.
 - :class:`Predictor`: reports in, failure types and probabilities out, with an LRU cache
   for repeated reports. The course's served model is ``bertlab.artifacts.exported_model``.
 
-The trimmed vocabulary of a served model is :class:`bertlab.vocab.TrimmedVocabulary`; what
-each variant costs and buys (size, latency, accuracy) is measured by :mod:`bertlab.benchmark`.
-torch and ONNX Runtime get the same number of threads (:func:`set_threads`, ``threads``).
+The trimmed vocabulary is :class:`bertlab.vocab.TrimmedVocabulary`; :mod:`bertlab.benchmark` measures what
+each variant costs and buys. torch and ONNX Runtime get the same threads (:func:`set_threads`).
 """
 from __future__ import annotations
 
@@ -204,13 +203,11 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike,
     """ONNX Runtime's INT8 quantization of the plain export ``src`` into ``dst``: dynamic, or static
     when ``calibration`` (token-id lists of typical reports) is given.
 
-    Dynamic (the default): weights of MatMuls *and* the embedding tables (Gather) become int8,
-    with one scale per output channel (1 byte a weight instead of fp32's 4); each activation's
-    scale is computed from the batch as it runs. Static: the MatMuls' weights as above, and each
-    activation's scale fixed once from its range over the ``calibration`` reports (min/max), as
-    quantize/dequantize pairs around the MatMuls; the embeddings stay fp32. Quantize the plain export
-    and let the session optimise it: the quantizer fails on a graph first passed through ORT's BERT
-    optimizer.
+    Dynamic: weights of MatMuls *and* the embedding tables (Gather) become int8, one scale per
+    output channel; each activation's scale comes from the batch as it runs. Static: the MatMuls'
+    weights as above, each activation's scale fixed once from its min/max over ``calibration``
+    (quantize/dequantize pairs around the MatMuls; the embeddings stay fp32). Quantize the plain
+    export: the quantizer fails on a graph first passed through ORT's BERT optimizer.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -287,6 +284,19 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     ``batch_size``: reports of similar length share a batch, so little padding is computed."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def batch_logits(runner: Callable[[np.ndarray, np.ndarray], np.ndarray], ids: Sequence[Sequence[int]],
+                 batch_size: int = 32) -> np.ndarray:
+    """Logits (N, C) of ``runner`` (:class:`TorchRunner`, :class:`OrtRunner`) for ``ids``, in their order."""
+    args.positive_int("batch_size", batch_size)
+    if not len(ids):
+        raise ValueError("ids is empty: give at least one report's token ids")
+    chunks = length_sorted_batches([len(x) for x in ids], batch_size)
+    sorted_logits = np.concatenate([runner(*pad_batch([ids[j] for j in chunk])) for chunk in chunks])
+    out = np.empty_like(sorted_logits)
+    out[[j for chunk in chunks for j in chunk]] = sorted_logits  # back in the order of ``ids``
+    return out
 
 
 def pad_batch(ids: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Mapping, Sequence
 
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -217,9 +219,6 @@ def score_metrics(pred, target) -> dict[str, float]:
     correlation of their ranks (ties share their average rank); R^2 is ``1 - MSE / Var(target)``.
     Raises ValueError naming ``pred`` when the lengths differ, and for fewer than 2 targets.
     """
-    import numpy as np
-    import pandas as pd
-
     p = torch.as_tensor(pred, dtype=torch.float64).flatten()
     y = torch.as_tensor(target, dtype=torch.float64).flatten()
     if p.shape != y.shape:

@@ -324,3 +324,17 @@ def test_cpu_bf16_reports_what_torch_detects(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     assert env.cpu_bf16() == "none"
+
+
+def test_batch_logits_are_the_one_by_one_logits_in_the_callers_order():
+    model = tiny_model()
+    runner = deploy.TorchRunner(model)
+    g = torch.Generator().manual_seed(2)
+    ids = [torch.randint(1000, 2000, (n,), generator=g).tolist() for n in (9, 3, 30, 3, 17)]
+    got = deploy.batch_logits(runner, ids, batch_size=2)
+    alone = np.concatenate([runner(*deploy.pad_batch([x])) for x in ids])
+    assert got.shape == (5, len(LABELS)) and np.abs(got - alone).max() < 1e-5, "padding never changes a report's logits"
+    with pytest.raises(ValueError, match="batch_size"):
+        deploy.batch_logits(runner, ids, batch_size=0)
+    with pytest.raises(ValueError, match="ids is empty"):
+        deploy.batch_logits(runner, [])
