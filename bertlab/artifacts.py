@@ -168,7 +168,7 @@ def cached_teacher_logits(teacher, data: train.TextDataset, tinfo: dict) -> torc
 
 
 def distilled_student(fab: str = "A", task: str = "failure_type", *, teacher_overrides: dict | None = None,
-                      progress: bool = True, **overrides):
+                      hidden_weight: float = 0.0, progress: bool = True, **overrides):
     """The course's student of the cached fine-tuned teacher: ``(student, tokenizer, info)``.
 
     ``teacher_overrides`` go to :func:`finetuned_classifier` (e.g. :data:`QUICK`);
@@ -178,7 +178,11 @@ def distilled_student(fab: str = "A", task: str = "failure_type", *, teacher_ove
     unlabelled ones, see :func:`transfer_reports`) and cached under a key of both
     configurations; ``info`` holds the teacher's info (``teacher``), the settings, the
     history, ``cached``, and the seconds the training (``train_seconds``) and the whole build
-    with the teacher's logits (``build_seconds``) took.
+    with the teacher's logits (``build_seconds``) took. ``hidden_weight > 0`` adds
+    DistilBERT's cosine loss between the student's layers and the teacher's
+    (:func:`bertlab.distill.hidden_loss`) with that weight; it is a setting (in the key and
+    ``info["settings"]``) only when it is not 0, so the students cached before it existed,
+    and the models exported from them, keep their keys.
     """
     unknown = sorted(set(overrides) - set(DISTILL_DEFAULTS))
     if unknown:
@@ -186,6 +190,9 @@ def distilled_student(fab: str = "A", task: str = "failure_type", *, teacher_ove
     cfg = {**DISTILL_DEFAULTS, **overrides}
     cfg["layers"] = list(cfg["layers"])
     args.integer("transfer (a number of unlabelled reports)", cfg["transfer"], low=0)
+    args.number("hidden_weight (the weight of the hidden-state cosine loss)", hidden_weight, low=0)
+    if hidden_weight:
+        cfg["hidden_weight"] = float(hidden_weight)
     distill.distillation_loss(cfg["temperature"], cfg["alpha"])  # bad settings raise now, before the teacher loads
     teacher, tokenizer, tinfo = finetuned_classifier(fab, task, progress=progress, **(teacher_overrides or {}))
     distill.check_layers(cfg["layers"], teacher.encoder.config.num_hidden_layers)
@@ -217,7 +224,7 @@ def distilled_student(fab: str = "A", task: str = "failure_type", *, teacher_ove
         # of the whole 30,522-row table at every step, which is much of a small student's step.
         config = train_config(cfg, used_embedding_rows_only=True)
         result = distill.distill(student, z, train_data, val, config, temperature=cfg["temperature"], alpha=cfg["alpha"],
-                                 progress=progress)
+                                 hidden_weight=hidden_weight, teacher=teacher, layers=cfg["layers"], progress=progress)
         meta = {"history": result.history, "best_epoch": result.best_epoch, "train_seconds": result.seconds,
                 "build_seconds": time.perf_counter() - start}  # training plus the teacher's logits
         return student.state_dict(), meta

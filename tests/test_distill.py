@@ -240,6 +240,193 @@ def test_distill_rejects_mismatched_teacher_logits():
         distill.distill(tiny_teacher(), torch.zeros(64, 3), unlabelled, None, alpha=0.5, progress=False)
 
 
+# ---------------------------------------------------------------- the hidden-state (cosine) loss
+
+
+def batch_of(n=4, T=9, seed=0):
+    """Token ids (n, T) with reports of different lengths: padding (id 0) after each report's end."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, 50, (n, T), generator=g)
+    mask = torch.ones_like(ids)
+    for b, length in enumerate(torch.randint(3, T + 1, (n,), generator=g).tolist()):
+        ids[b, length:], mask[b, length:] = 0, 0
+    mask[0] = 1  # one report fills the batch
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def busy_teacher(seed=0, hf=True):
+    """A tiny teacher whose layers change the hidden states a lot (at BERT's initial scale they barely do)."""
+    teacher = tiny_teacher(seed=seed, hf=hf)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in teacher.encoder.encoder.named_parameters():
+            if name.endswith("weight") and p.dim() == 2:
+                p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    return teacher
+
+
+def hook_count(model):
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def states_of(model, layers, batch):
+    with distill.LayerOutputs(model, layers) as rec:
+        model(batch["input_ids"], batch["attention_mask"])
+        return rec.states()
+
+
+def test_teacher_layers_for_is_the_output_each_student_layer_stands_for():
+    assert distill.teacher_layers_for([0, 2, 4], 6) == [1, 3, 5]  # the student's last layer to the teacher's last
+    assert distill.teacher_layers_for([0, 3], 6) == [2, 5]
+    assert distill.teacher_layers_for(list(range(6)), 6) == list(range(6))
+    assert distill.teacher_layers_for([5], 6) == [5]
+    for bad in ([], [6], [2, 1], "01"):
+        with pytest.raises(ValueError, match="layers"):
+            distill.teacher_layers_for(bad, 6)
+    with pytest.raises(ValueError, match="n_teacher"):
+        distill.teacher_layers_for([0], 0)
+
+
+@pytest.mark.parametrize("hf", [True, False], ids=["transformers", "bertlab.model"])
+def test_layer_outputs_are_the_hidden_states(hf):
+    teacher, batch = tiny_teacher(hf=hf), batch_of()
+    hooks = hook_count(teacher)
+    with torch.no_grad():
+        got = states_of(teacher, [5, 1, 3], batch)
+    assert hook_count(teacher) == hooks, "the hooks must be removed after the with block"
+    with torch.no_grad():
+        if hf:  # transformers' own hidden states: the embeddings, then each layer's output
+            want = teacher.encoder(**batch, output_hidden_states=True).hidden_states
+            for h, i in zip(got, [5, 1, 3]):
+                assert torch.equal(h, want[i + 1]), f"layer {i}"
+        else:
+            assert torch.equal(got[0], teacher.encoder(**batch)[0]), "the last layer's output is the encoder's output"
+    rec = distill.LayerOutputs(teacher, [0])
+    with pytest.raises(RuntimeError, match="with block"):
+        rec.states()
+    with rec, pytest.raises(RuntimeError, match="no forward pass"):
+        rec.states()
+    with pytest.raises(ValueError, match="layers"):
+        distill.LayerOutputs(teacher, [6])
+    with pytest.raises(TypeError, match="SequenceClassifier"):
+        distill.LayerOutputs(torch.nn.Linear(2, 2), [0])
+
+
+def test_hidden_loss_is_one_minus_the_cosine_over_real_tokens():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, 4, generator=g)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    by_hand = [1 - (s[b, i] @ t[b, i]) / (s[b, i].norm() * t[b, i].norm()) for b, i in ((0, 0), (0, 1), (0, 2), (1, 0))]
+    assert distill.hidden_loss([s], [t], mask).item() == pytest.approx(torch.stack(by_hand).mean().item(), abs=1e-6)
+    # Two pairs of layers: the mean of the two losses; the length of the vectors does not count.
+    two = distill.hidden_loss([s, s], [t, s * 3], mask)
+    assert two.item() == pytest.approx(torch.stack(by_hand).mean().item() / 2, abs=1e-6)
+    assert distill.hidden_loss([s], [-s], mask).item() == pytest.approx(2.0, abs=1e-6)
+
+
+def test_hidden_loss_ignores_padding():
+    teacher, batch = busy_teacher(seed=1), batch_of()
+    student = distill.student_from_teacher(teacher, [0, 2, 4])
+    mapping = distill.teacher_layers_for([0, 2, 4], 6)
+    with torch.no_grad():
+        s, t = states_of(student, range(3), batch), states_of(teacher, mapping, batch)
+    pad = batch["attention_mask"] == 0
+    assert pad.any()
+    noisy = [h.masked_fill(pad[..., None], 1e3) + 0 * h for h in s]  # other vectors where the reports have ended
+    base = distill.hidden_loss(s, t, batch["attention_mask"])
+    assert distill.hidden_loss(noisy, t, batch["attention_mask"]).item() == pytest.approx(base.item(), abs=1e-6)
+    assert distill.hidden_loss(s, [h.masked_fill(pad[..., None], -7.0) for h in t],
+                               batch["attention_mask"]).item() == pytest.approx(base.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("hf", [True, False], ids=["transformers", "bertlab.model"])
+def test_hidden_loss_of_a_copy_is_zero_and_of_a_student_positive(hf):
+    teacher, batch = busy_teacher(seed=2, hf=hf), batch_of()
+    for layers, zero in ((list(range(6)), True), ([0, 2, 4], False)):
+        student = distill.student_from_teacher(teacher, layers).eval()
+        with torch.no_grad(), distill.HiddenStatePairs(student, teacher, layers) as pairs:
+            student(**batch)
+            loss = distill.hidden_loss(*pairs(batch), batch["attention_mask"]).item()
+        if zero:
+            assert loss == pytest.approx(0.0, abs=1e-6), "a student equal to its teacher has no hidden loss"
+        else:
+            assert loss > 1e-3, f"a student of 3 of the 6 layers must differ from the teacher, loss {loss:.2e}"
+
+
+def test_hidden_loss_trains_only_the_student():
+    teacher, batch = busy_teacher(seed=3), batch_of()
+    student = distill.student_from_teacher(teacher, [0, 2, 4]).train()
+    teacher.train()  # HiddenStatePairs runs it in eval mode and puts it back
+    with distill.HiddenStatePairs(student, teacher, [0, 2, 4]) as pairs:
+        assert not teacher.training
+        student(**batch)
+        distill.hidden_loss(*pairs(batch), batch["attention_mask"]).backward()
+    assert teacher.training, "the teacher must go back to the mode it was in"
+    assert all(p.grad is None for p in teacher.parameters()), "no gradient may reach the teacher"
+    grads = [p.grad for n, p in student.named_parameters() if ".layer." in n]
+    assert grads and all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+
+
+def test_hidden_weight_0_is_the_old_loss_exactly():
+    batch = {"input_ids": torch.zeros(3, 4, dtype=torch.long), "labels": Y, "teacher_logits": Tz}
+    assert distill.distillation_loss(3.0, 0.25, hidden_weight=0.0)(S, batch).item() == \
+        distill.distillation_loss(3.0, 0.25)(S, batch).item() == distill.kd_loss(S, Tz, Y, temperature=3.0, alpha=0.25).item()
+    data, val = toy_data(), toy_data(24, seed=1)
+    config = train.TrainConfig(lr=1e-3, epochs=2, batch_size=16, patience=None, seed=0)
+    z = torch.randn(len(data), 3)
+    a = distill.student_from_teacher(tiny_teacher(), [0, 5])
+    b = distill.student_from_teacher(tiny_teacher(), [0, 5])
+    distill.distill(a, z, data, val, config, progress=False)
+    result = distill.distill(b, z, data, val, config, hidden_weight=0.0, teacher=tiny_teacher(), layers=[0, 5], progress=False)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), f"{name}: hidden_weight=0 must train exactly as before"
+    assert "train_hidden_loss" not in result.history[0]
+
+
+def test_distill_with_hidden_weight_pulls_the_states_to_the_teacher():
+    teacher, data, val = busy_teacher(seed=4), toy_data(), toy_data(24, seed=1)
+    z = distill.teacher_logits(teacher, data)
+    config = train.TrainConfig(lr=3e-3, epochs=6, batch_size=8, patience=None, seed=0)
+    cosines, hooks = {}, hook_count(teacher)
+    for w in (0.0, 1.0):
+        student = distill.student_from_teacher(teacher, [0, 2, 4])
+        result = distill.distill(student, z, data, val, config, hidden_weight=w, teacher=teacher, layers=[0, 2, 4],
+                                 progress=False)
+        cosines[w] = distill.hidden_cosines(student, teacher, data, [0, 2, 4])
+    assert {"train_loss", "train_kd_loss", "train_hidden_loss"} <= set(result.history[0])
+    assert result.history[-1]["train_hidden_loss"] < result.history[0]["train_hidden_loss"]
+    assert len(cosines[1.0]) == 3 and all(-1 <= c <= 1 for c in cosines[1.0])
+    assert sum(cosines[1.0]) > sum(cosines[0.0]) + 0.05, f"cosines with the loss {cosines[1.0]}, without {cosines[0.0]}"
+    assert not teacher.training and hook_count(teacher) == hooks, "hooks left on the teacher"
+
+
+def test_hidden_cosines_of_a_copy_are_one():
+    teacher = tiny_teacher(seed=5)
+    copy_ = distill.student_from_teacher(teacher, list(range(6)))
+    assert distill.hidden_cosines(copy_, teacher, toy_data(20), list(range(6))) == pytest.approx([1.0] * 6, abs=1e-5)
+
+
+def test_hidden_loss_rejects_bad_input():
+    teacher, s = tiny_teacher(), torch.zeros(2, 3, 4)
+    mask = torch.ones(2, 3, dtype=torch.long)
+    for args_, match in ((([], [], mask), "student_states"), (([s], [s, s], mask), "student_states"),
+                         (([s], [s[:, :2]], mask), r"teacher_states\[0\]"), (([s], [s], mask[:, :2]), "attention_mask"),
+                         (([s], [s], torch.zeros_like(mask)), "attention_mask"), (([s], [s], mask[0]), "attention_mask")):
+        with pytest.raises(ValueError, match=match):
+            distill.hidden_loss(*args_)
+    with pytest.raises(ValueError, match="layers"):
+        distill.HiddenStatePairs(distill.student_from_teacher(teacher, [0, 2]), teacher, [0, 2, 4])
+    for w in (-0.1, math.nan, True, "1"):
+        with pytest.raises(ValueError, match="hidden_weight"):
+            distill.distillation_loss(hidden_weight=w)
+    with pytest.raises(ValueError, match="pairs"):
+        distill.distillation_loss(hidden_weight=1.0)
+    with pytest.raises(ValueError, match="teacher"):
+        distill.distill(tiny_teacher(), torch.zeros(64, 3), toy_data(), None, hidden_weight=1.0, progress=False)
+    with pytest.raises(ValueError, match="hidden_weight"):
+        distill.distill(tiny_teacher(), torch.zeros(64, 3), toy_data(), None, hidden_weight=-1.0, progress=False)
+
+
 # ---------------------------------------------------------------- the course's student (bertlab.artifacts)
 
 
@@ -270,6 +457,16 @@ def test_distilled_student_cache_key_is_its_settings(monkeypatch):
     assert keys == [("student-failure_type", {"teacher": tinfo["config"], **artifacts.DISTILL_DEFAULTS}),
                     ("student-failure_type", {"teacher": tinfo["config"], **artifacts.DISTILL_DEFAULTS,
                                               "alpha": 0.0, "layers": [0, 5]})]
+    # hidden_weight 0 is no setting at all (the students cached before it existed keep their keys); another is one.
+    keys.clear()
+    for hidden_weight in (0, 0.0, 2):
+        with pytest.raises(Stop):
+            artifacts.distilled_student(hidden_weight=hidden_weight)
+    assert [k for _, k in keys] == [{"teacher": tinfo["config"], **artifacts.DISTILL_DEFAULTS}] * 2 + \
+        [{"teacher": tinfo["config"], **artifacts.DISTILL_DEFAULTS, "hidden_weight": 2.0}]
+    for bad in (-1.0, math.inf, None):
+        with pytest.raises(ValueError, match="hidden_weight"):
+            artifacts.distilled_student(hidden_weight=bad)
 
 
 def test_transfer_reports_are_new_reports_of_the_fab():
