@@ -7,8 +7,8 @@
   their output computed once per report, only the top layers and the head trained (fast
   enough for many runs on a CPU).
 - :func:`stratified_budget`: a label budget that keeps each class's share.
-- :func:`run_grid`, :func:`summarize`: every (model, budget, seed) run, its results cached,
-  and the mean and spread over seeds.
+- :func:`run_grid`, :func:`summarize`, :func:`paired_differences`: every (model, budget, seed)
+  run, its results cached; the mean and spread over seeds; two models' runs paired seed by seed.
 """
 from __future__ import annotations
 
@@ -171,13 +171,46 @@ def summarize(runs, metric: str = "macro_f1") -> "pd.DataFrame":  # noqa: F821
 
     ``runs`` is a list of dicts (or a DataFrame) with keys ``model``, ``budget``, ``seed`` and ``metric``.
     """
+    frame = _runs_frame(runs, metric)
+    return frame.groupby(["model", "budget"])[metric].agg(mean="mean", std="std", seeds="count")
+
+
+def paired_differences(runs, model: str, baseline: str, metric: str = "accuracy") -> "pd.DataFrame":  # noqa: F821
+    """``metric`` of ``model`` and of ``baseline`` per (budget, seed), and ``model - baseline``, as a DataFrame.
+
+    ``runs`` are :func:`run_grid` results (dicts or a DataFrame with ``model``, ``budget``,
+    ``seed`` and ``metric``). Runs with the same budget and seed drew the same labelled
+    reports, initial weights and batch order, so their difference isolates what differs
+    between the two models (e.g. the encoder they start from, notebook 07). Columns:
+    ``baseline``, ``model``, ``"difference"``; index (budget, seed). Raises ValueError when a
+    column or one of the two models is missing, or when a (budget, seed) of one has no partner.
+    """
     import pandas as pd
 
-    frame = pd.DataFrame(list(runs) if not isinstance(runs, pd.DataFrame) else runs)
+    frame = _runs_frame(runs, metric)
+    sides = {}
+    for name in (baseline, model):
+        rows = frame[frame["model"] == name]
+        if rows.empty:
+            raise ValueError(f"runs has no run of {name!r}; models: {sorted(frame['model'].unique())}")
+        sides[name] = rows.set_index(["budget", "seed"])[metric]
+    unpaired = sides[baseline].index.symmetric_difference(sides[model].index)
+    if len(unpaired):
+        raise ValueError(f"(budget, seed) pairs run for one model only: {list(unpaired)}")
+    out = pd.DataFrame({baseline: sides[baseline], model: sides[model].reindex(sides[baseline].index)})
+    out["difference"] = out[model] - out[baseline]
+    return out
+
+
+def _runs_frame(runs, metric: str) -> "pd.DataFrame":  # noqa: F821
+    """``runs`` (dicts or a DataFrame) as a DataFrame; ValueError when it lacks model, budget, seed or ``metric``."""
+    import pandas as pd
+
+    frame = runs if isinstance(runs, pd.DataFrame) else pd.DataFrame(list(runs))
     missing = {"model", "budget", "seed", metric} - set(frame.columns)
     if missing:
         raise ValueError(f"runs lacks the columns {sorted(missing)}")
-    return frame.groupby(["model", "budget"])[metric].agg(mean="mean", std="std", seeds="count")
+    return frame
 
 
 def _cached_json(name: str, config: dict, compute: Callable[[], dict]) -> tuple[dict, bool]:

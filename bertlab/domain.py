@@ -10,8 +10,6 @@
   costs (a general vocabulary splits "electromigration" into several pieces).
 - :func:`transformers_encoder`: a ``bertlab.model.BertModel`` as a ``transformers.BertModel``
   with the same weights, to fine-tune the adapted and the original encoder the same way.
-- :func:`paired_differences`: two encoders' runs paired by label budget and seed (the same
-  labelled reports, initial head and batch order), and their difference per pair.
 
 The course's domain-adapted checkpoint (continued pre-training on the domain corpus) is
 ``bertlab.artifacts_pretraining.continue_pretraining``.
@@ -253,35 +251,3 @@ def course_encoder(encoder: nn.Module):
         raise RuntimeError(f"weights do not fit bertlab.model.BertModel: missing {missing}, unexpected {unexpected}")
     return out.to(next(encoder.parameters()).device).eval()
 
-
-# ---------------------------------------------------------------- comparing two encoders seed by seed
-
-
-def paired_differences(runs, model: str, baseline: str, metric: str = "accuracy"):
-    """``metric`` of ``model`` and of ``baseline`` per (budget, seed), and ``model - baseline``, as a DataFrame.
-
-    ``runs`` are ``bertlab.baselines.run_grid`` results (dicts or a DataFrame with ``model``,
-    ``budget``, ``seed`` and ``metric``). Runs with the same budget and seed drew the same
-    labelled reports, initial weights and batch order, so their difference isolates what
-    differs between the two models (e.g. the encoder they start from). Columns:
-    ``baseline``, ``model``, ``"difference"``; index (budget, seed). Raises ValueError when a
-    column or one of the two models is missing, or when a (budget, seed) of one has no partner.
-    """
-    import pandas as pd
-
-    frame = runs if isinstance(runs, pd.DataFrame) else pd.DataFrame(list(runs))
-    missing = {"model", "budget", "seed", metric} - set(frame.columns)
-    if missing:
-        raise ValueError(f"runs lacks the columns {sorted(missing)}")
-    sides = {}
-    for name in (baseline, model):
-        rows = frame[frame["model"] == name]
-        if rows.empty:
-            raise ValueError(f"runs has no run of {name!r}; models: {sorted(frame['model'].unique())}")
-        sides[name] = rows.set_index(["budget", "seed"])[metric]
-    unpaired = sides[baseline].index.symmetric_difference(sides[model].index)
-    if len(unpaired):
-        raise ValueError(f"(budget, seed) pairs run for one model only: {list(unpaired)}")
-    out = pd.DataFrame({baseline: sides[baseline], model: sides[model].reindex(sides[baseline].index)})
-    out["difference"] = out[model] - out[baseline]
-    return out

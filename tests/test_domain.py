@@ -325,26 +325,3 @@ def test_course_encoder_round_trips_a_transformers_bert():
     with pytest.raises(TypeError, match="encoder must be"):
         domain.course_encoder(nn.Linear(2, 2))
 
-
-# ---------------------------------------------------------------- paired differences
-
-
-def test_paired_differences_pairs_runs_by_budget_and_seed():
-    runs = [{"model": m, "budget": b, "seed": s, "accuracy": acc}
-            for m, b, s, acc in [("original", 150, 1, 0.50), ("adapted", 150, 0, 0.45), ("original", 150, 0, 0.40),
-                                 ("adapted", 150, 1, 0.30), ("other", 150, 0, 0.99)]]
-    out = domain.paired_differences(runs, "adapted", "original")
-    assert list(out.columns) == ["original", "adapted", "difference"]
-    assert out.loc[(150, 0), "difference"] == pytest.approx(0.05)
-    assert out.loc[(150, 1), "difference"] == pytest.approx(-0.20)
-    assert out.loc[(150, 1), "adapted"] == pytest.approx(0.30)
-
-
-def test_paired_differences_rejects_unpaired_or_unknown_runs():
-    runs = [{"model": "a", "budget": 10, "seed": 0, "accuracy": 0.5}, {"model": "b", "budget": 10, "seed": 1, "accuracy": 0.4}]
-    with pytest.raises(ValueError, match="one model only"):
-        domain.paired_differences(runs, "a", "b")
-    with pytest.raises(ValueError, match="no run of 'c'"):
-        domain.paired_differences(runs, "c", "b")
-    with pytest.raises(ValueError, match="macro_f1"):
-        domain.paired_differences(runs, "a", "b", metric="macro_f1")
