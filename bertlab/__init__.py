@@ -36,6 +36,7 @@ module                      nb    what it holds
 ``artifacts_pretraining``   03,07 the cached pre-trained ones: the checkpoint's MLM head, continued pre-training
 ``family``                  11    the BERT family: dynamic masking, SOP, ALBERT's count, ELECTRA's RTD, FLOPs per step
 ``debugging``               12    checks that find a broken fine-tune; gradient accumulation, mixed precision
+``calibration``             13    a served model's temperature, abstention threshold and drift reference (saved beside it)
 ``cli``                     09    ``bertlab predict`` / ``bertlab export``
 ``instructor``              --    nbgrader tooling for instructors (release, run, grade); not course content
 ==========================  ====  ==========================================================
