@@ -575,6 +575,7 @@ def _guarded_run(tmp_path, cells, **settings):
     cfg.CourseDirectory.root = str(tmp_path)
     cfg.CourseDirectory.source_directory = "solutions"  # as the course names it
     cfg.Execute.timeout = 60
+    cfg.Sandbox.allow_unsandboxed = True  # these tests grade wherever the suite runs; test_grading_refuses_... checks the default
     for k, v in settings.pop("sandbox", {}).items():
         setattr(cfg.Sandbox, k, v)
     for k, v in settings.items():
@@ -660,9 +661,12 @@ def test_sandbox_with_the_course_under_tmp(tmp_path):
 def test_sandbox_says_when_it_cannot_cut_the_network(monkeypatch, tmp_path):
     """Where bubblewrap cannot make a network namespace, the kernel talks TCP and keeps the
     network, and the grading log's Sandbox: line says so (never silently)."""
+    import dataclasses
+
     from bertlab.instructor import sandbox
 
-    monkeypatch.setattr(sandbox, "network", lambda: "bwrap --unshare-net failed: a test")
+    real = sandbox.facts()
+    monkeypatch.setattr(sandbox, "facts", lambda: dataclasses.replace(real, netns="bwrap --unshare-net failed: a test"))
     assert not sandbox.cuts_network(sandbox.Sandbox())
     if sandbox.mechanism() == "bwrap":
         assert "network NOT cut (bwrap --unshare-net failed: a test)" in sandbox.describe()
@@ -674,7 +678,7 @@ def test_sandbox_keeps_a_repository_under_tmp_importable(monkeypatch, tmp_path):
     course read-only again, then the hidden paths over them."""
     from bertlab.instructor import sandbox
 
-    monkeypatch.setattr(sandbox, "mechanism", lambda: "bwrap")
+    monkeypatch.setattr(sandbox, "facts", lambda: sandbox.Facts())  # bubblewrap works, as far as wrap() knows
     clone = tmp_path / "clone"
     (clone / "solutions").mkdir(parents=True)
     monkeypatch.setattr(sandbox.course, "ROOT", clone)
@@ -746,6 +750,107 @@ def test_sandbox_bounds_the_processes_of_a_root_grader(tmp_path):
         assert "started 40" in text and "process count NOT limited" in sandbox.describe(), text
 
 
+def _every_machine():
+    """Facts of every kind of machine: bubblewrap working, missing or refused its namespaces; a network
+    namespace or not; prlimit or not; a pids cgroup or not; root or not."""
+    import itertools
+
+    from bertlab.instructor import sandbox
+
+    for bwrap, netns, prlimit, cgroup, root in itertools.product(
+            ("", sandbox.BWRAP_MISSING, "No permissions to creating new namespace"), ("", "bwrap --unshare-net failed: 1"),
+            (True, False), ("", "no cgroup v1 pids hierarchy"), (True, False)):
+        if bwrap and not netns:
+            continue  # no network namespace without bubblewrap
+        yield sandbox.Facts(bwrap=bwrap, netns=netns or ("no bubblewrap" if bwrap else ""), prlimit=prlimit,
+                            pids_cgroup=cgroup, root=root)
+
+
+def test_sandbox_decisions_and_the_log_line_agree_on_every_machine():
+    """describe() is computed from the same facts as the decisions: on every kind of machine (driven
+    here, whatever this one has), the line says exactly what the kernel gets."""
+    from bertlab.instructor import sandbox
+
+    machines = list(_every_machine())
+    assert len(machines) == 32
+    for f in machines:
+        for enabled, cut, allow in ((True, True, False), (True, False, False), (True, True, True), (False, True, False)):
+            s = sandbox.Sandbox(enabled=enabled, cut_network=cut, allow_unsandboxed=allow)
+            line, bounded = sandbox.describe(s, f), sandbox.processes_bounded(f, s)
+            where = f"{f}, enabled={enabled}, cut_network={cut}: {line}"
+            assert ("NOT SANDBOXED" not in line) == sandbox.isolates_files(s, f) == (enabled and not f.bwrap), where
+            assert ("no network (own network namespace" in line) == sandbox.cuts_network(s, f), where
+            assert ("processes: a pids cgroup per kernel" in line) == (bounded and not f.pids_cgroup), where
+            assert ("processes: --nproc" in line) == (bounded and bool(f.pids_cgroup)), where
+            assert ("process count NOT limited" in line) == (enabled and not bounded), where
+            # prlimit --nproc does not bind root: only a cgroup bounds a root grader
+            assert bounded == (enabled and (not f.pids_cgroup or (not f.root and (not f.bwrap or f.prlimit)))), where
+            refused = sandbox.refusal(s, f)
+            assert bool(refused) == (enabled and not allow and bool(f.bwrap)), where
+            if refused:
+                assert f.bwrap in refused and "apt-get install bubblewrap" in refused and "--allow-unsandboxed" in refused
+            status = sandbox.status_line(s, f)
+            assert status.startswith("GRADED UNSANDBOXED") == (not sandbox.isolates_files(s, f)) and line in status
+    # the case of issue 32: no bubblewrap, root, a writable pids cgroup: bounded, and the line says how
+    f = sandbox.Facts(bwrap=sandbox.BWRAP_MISSING, netns="no bubblewrap", pids_cgroup="", root=True)
+    assert sandbox.processes_bounded(f) and "processes: a pids cgroup per kernel" in sandbox.describe(f=f)
+    assert sandbox.mechanism(f) == "prlimit" and "NOT SANDBOXED for files" in sandbox.describe(f=f)
+
+
+def test_grading_refuses_without_the_file_sandbox_unless_allowed(monkeypatch, tmp_path, capsys):
+    """Where bubblewrap is missing, nbgrader autograde (GuardedExecute) and the class command refuse,
+    naming the package; --allow-unsandboxed grades, and the report says so first."""
+    import dataclasses
+
+    from bertlab.instructor import sandbox
+
+    missing = dataclasses.replace(sandbox.facts(), bwrap=sandbox.BWRAP_MISSING, netns="no bubblewrap")
+    monkeypatch.setattr(sandbox, "facts", lambda: missing)
+    with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install bubblewrap"):
+        _guarded_run(tmp_path / "refused", [_graded("print('graded')")], sandbox={"allow_unsandboxed": False})
+    nb = _guarded_run(tmp_path / "allowed", [_graded("print('graded')")], sandbox={"allow_unsandboxed": True})
+    assert nb.cells[0].outputs[0]["text"] == "graded\n"
+    course_dir = tmp_path / "course"
+    course_dir.mkdir()
+    (course_dir / "nbgrader_config.py").write_text((course.ROOT / "nbgrader_config.py").read_text())
+    (course_dir / "gradebook.db").write_text("")
+    monkeypatch.delenv(sandbox.ALLOW_ENV, raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        grading.main(["autograde", "--course", str(course_dir)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "refusing to grade without the file-system sandbox" in err and "apt-get install bubblewrap" in err, err
+    with pytest.raises(SystemExit):  # allowed: it goes on, to the next problem (no submissions here)
+        grading.main(["autograde", "--course", str(course_dir), "--allow-unsandboxed"])
+    assert "no submissions" in capsys.readouterr().err
+    assert sandbox.Sandbox().allow_unsandboxed, "--allow-unsandboxed reaches nbgrader's processes through the environment"
+
+
+@pytest.mark.slow
+def test_the_sandbox_tests_pass_with_bubblewrap_hidden(tmp_path):
+    """The fresh machine of issue 32: the sandbox and refusal tests run again in a process whose PATH
+    has no bwrap (every other program still there), and pass. Where this machine has no bubblewrap,
+    this run of the suite already is that machine."""
+    import shutil
+
+    if not shutil.which("bwrap"):
+        pytest.skip("no bubblewrap here: the tests above ran without it")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for folder in os.environ["PATH"].split(os.pathsep):
+        for exe in Path(folder).glob("*") if Path(folder).is_dir() else ():
+            if exe.name != "bwrap" and not (bin_dir / exe.name).exists():
+                (bin_dir / exe.name).symlink_to(exe)
+    env = dict(os.environ, PATH=str(bin_dir))
+    env.pop("BERTLAB_ALLOW_UNSANDBOXED", None)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
+                           "-k", "sandbox and not bubblewrap_hidden or refuses"],
+                          cwd=course.ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert re.search(r"\b(9|[1-9]\d+) passed", proc.stdout), proc.stdout[-2000:]
+    assert shutil.which("bwrap", path=str(bin_dir)) is None
+
+
 def test_sandboxed_kernel_is_interrupted_at_the_cell_timeout(tmp_path):
     """The cell timeout still interrupts a loop in the sandboxed kernel (by a message on the
     control channel: a SIGINT would also stop bubblewrap), and the next cells run."""
@@ -755,6 +860,7 @@ def test_sandboxed_kernel_is_interrupted_at_the_cell_timeout(tmp_path):
     cfg.CourseDirectory.root = str(tmp_path)
     cfg.Execute.timeout = 3
     cfg.Execute.iopub_timeout = 60  # as the course (nbgrader_config.py): the machine may be busy
+    cfg.Sandbox.allow_unsandboxed = True
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("while True:\n    pass"),
                                          _graded("print('after the loop')")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -796,6 +902,13 @@ def test_honest_students_are_never_flagged_and_the_sandbox_is_logged(klass):
         assert f"Integrity: {s.student}:" not in klass.logs[f"autograde {s.assignment}"]
     logs = "\n".join(v for k, v in klass.logs.items() if k.startswith("autograde"))
     assert "Sandbox: " in logs, "the grading log must say how submissions were isolated"
+    assert klass.sandbox.startswith("GRADED UNSANDBOXED") == (sandbox.mechanism() != "bwrap"), klass.sandbox
+    index = (klass.course_dir / "feedback" / "index.html").read_text()
+    assert klass.sandbox.replace("&", "&amp;") in index.split("\n")[0].replace("&#x27;", "'"), index[:500]
+    assert index.count("<li>") == len(klass.submissions), "the index links every feedback page"
+    lines = []
+    grading.report(klass, out=lines.append)
+    assert lines[0] == klass.sandbox, "the class report says first how the class was isolated"
     if sandbox.mechanism() == "bwrap":
         assert not (klass.course_dir / submissions.HOSTILE_FILE).exists(), "a submission wrote into the course root"
     else:

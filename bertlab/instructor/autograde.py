@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bertlab.instructor import course, sandbox
 from bertlab.instructor.submissions import Submission
 
 
@@ -84,6 +85,7 @@ class ClassRun:
     workers: int = 1  # grading workers (each its own copy of the course)
     grade_seconds: float = 0.0  # wall time of autograde and feedback, all workers
     accomplice_calls: int = 0  # connections the accomplice of hostile-network got (the network is cut: 0)
+    sandbox: str = ""  # sandbox.status_line(): how the submissions were isolated (first line of the reports)
 
     def submission(self, student: str, assignment: str) -> Submission:
         return next(s for s in self.submissions if s.student == student and s.assignment == assignment)
@@ -243,6 +245,21 @@ def grade_shards(course_dir: Path, shards: list[dict[str, list[str]]], run: Clas
         shutil.rmtree(course_dir / "shards")
 
 
+def write_feedback_index(course_dir: Path, status: str) -> Path:
+    """``feedback/index.html``: the sandbox's status line first (``GRADED UNSANDBOXED`` where it
+    was), then a link to every feedback page, by student."""
+    import html
+
+    course_dir = Path(course_dir)
+    pages = sorted((course_dir / "feedback").glob("*/*/*.html"))
+    rows = "\n".join(f'<li><a href="{html.escape(str(p.relative_to(course_dir / "feedback")))}">'
+                     f"{html.escape(p.parts[-3])} / {html.escape(p.parts[-2])}</a></li>" for p in pages)
+    out = course_dir / "feedback" / "index.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"<p><strong>{html.escape(status)}</strong></p>\n<ul>\n{rows}\n</ul>\n")
+    return out
+
+
 # --------------------------------------------------------------------------- a real class, in parallel
 def submitted(course_dir: Path, names: list[str] | None = None) -> dict[str, list[str]]:
     """``{assignment: students}`` with a notebook folder in ``course_dir``/submitted/ (where
@@ -291,6 +308,10 @@ def autograde_class(course_dir: Path, names: list[str] | None = None, workers: i
         if not (course_dir / f).is_file():
             raise FileNotFoundError(f"course_dir: {course_dir} has no {f}; run the command in an nbgrader course "
                                     "folder (its gradebook is made by `nbgrader generate_assignment`)")
+    settings = sandbox.Sandbox(config=course.load_config(course_dir))
+    refused = sandbox.refusal(settings)
+    if refused:  # before anything is graded: no half-graded class
+        raise sandbox.SandboxUnavailable(refused)
     workers = grade_workers() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers: expected at least 1, got {workers}")
@@ -306,7 +327,7 @@ def autograde_class(course_dir: Path, names: list[str] | None = None, workers: i
         raise ValueError(f"names: {unknown} not in {course_dir / 'gradebook.db'}; run `nbgrader generate_assignment "
                          f"{unknown[0]}` first (it records the assignment's graded cells)")
     shards = _student_shards(plan, workers)
-    run = ClassRun(course_dir, [], workers=len(shards))
+    run = ClassRun(course_dir, [], workers=len(shards), sandbox=sandbox.status_line(settings))
     bar = tqdm(total=sum(len(v) for v in plan.values()), unit="submission", desc="autograde", disable=not progress)
     start = time.time()
 
@@ -322,6 +343,7 @@ def autograde_class(course_dir: Path, names: list[str] | None = None, workers: i
         bar.close()
     run.grade_seconds = time.time() - start
     run.scores = gradebook_scores(course_dir)
+    write_feedback_index(course_dir, run.sandbox)
     worker_of = {(a, s): k for k, shard in enumerate(shards) for a, students in shard.items() for s in students}
     csv_path = Path(csv_path) if csv_path else course_dir / "autograde_times.csv"
     with open(csv_path, "w", newline="") as fh:

@@ -43,6 +43,7 @@ from bertlab.instructor.autograde import (
     grade_workers,
     gradebook_scores,
     nbgrader,
+    write_feedback_index,
 )
 from bertlab.instructor.feedback import check_feedback
 from bertlab.instructor.submissions import (
@@ -80,6 +81,9 @@ def make_course(course_dir: Path, names: list[str] | None = None, timeout: int =
         "\n\n# --- simulated class (bertlab.instructor.grading): a throwaway course in this folder ---\n"
         "c.Exchange.root = os.path.join(c.CourseDirectory.root, 'exchange')\n"
         f"c.Execute.timeout = {int(timeout)}  # the real course: 180 s\n"
+        "# the simulated class grades wherever the test suite runs; where bubblewrap is missing its report's\n"
+        "# first line says that it ran unsandboxed (a real course refuses: sandbox.refusal)\n"
+        "c.Sandbox.allow_unsandboxed = True\n"
     )
     if limits:
         config += f"c.Sandbox.assignment_limits = {limits!r}  # lowered for the hostile students' hogs\n"
@@ -151,11 +155,13 @@ def run_class(course_dir: Path, names: list[str] | None = None, scenarios=SCENAR
             subs += fabricate(name, solution, released, plan[name], port=accomplice.port, **contained)
         write_submissions(course_dir, subs)
         shards = [{name: list(plan[name]) for name in shard} for shard in _shards(plan, workers)]
-        run = ClassRun(course_dir, subs, workers=max(len(shards), 1))
+        settings = sandbox.Sandbox(config=course.load_config(course_dir))
+        run = ClassRun(course_dir, subs, workers=max(len(shards), 1), sandbox=sandbox.status_line(settings))
         start = time.time()
         grade_shards(course_dir, shards, run, log)
         run.grade_seconds = time.time() - start
     run.accomplice_calls = accomplice.calls
+    write_feedback_index(course_dir, run.sandbox)
     proc = nbgrader(course_dir, "export")
     run.logs["export"] = proc.stdout + proc.stderr
     with open(course_dir / "grades.csv") as fh:
@@ -183,6 +189,7 @@ def _answers(course_dir: Path, names: list[str], plan: dict[str, tuple[str, ...]
 def report(run: ClassRun, out=print) -> list[str]:
     """Print every submission's score against the expected one; return the mismatches."""
     bad = []
+    out(run.sandbox)
     out(f"{'assignment':<16} {'student':<16} {'expected':>8} {'graded':>7} {'export':>7} {'seconds':>8}  note")
     for s in run.submissions:
         got = run.scores.get((s.student, s.assignment), {})
@@ -244,14 +251,20 @@ def main(argv: list[str] | None = None) -> int:
     grd.add_argument("--course", type=Path, default=Path("."), help="the nbgrader course folder (default: .)")
     grd.add_argument("--workers", type=int, help="submissions graded at once (default: $BERTLAB_GRADE_WORKERS, else one per CPU)")
     grd.add_argument("--csv", type=Path, help="per-submission seconds and scores (default: COURSE/autograde_times.csv)")
+    grd.add_argument("--allow-unsandboxed", action="store_true",
+                     help="grade even where bubblewrap (the file-system sandbox) is unavailable; the report and "
+                          "feedback/index.html then say so first (default: refuse there)")
     chk = sub.add_parser("check-feedback", help="look for hidden test source in a course's feedback/ pages")
     chk.add_argument("course", nargs="?", type=Path, default=Path("."), help="course folder (default: .)")
     args = parser.parse_args(argv)
     if args.command == "autograde":
+        if args.allow_unsandboxed:  # read by c.Sandbox.allow_unsandboxed's default, here and in nbgrader's processes
+            os.environ[sandbox.ALLOW_ENV] = "1"
         try:
             run = autograde_class(args.course, args.names or None, args.workers, csv_path=args.csv)
-        except (ValueError, FileNotFoundError, FileExistsError) as e:
+        except (ValueError, FileNotFoundError, FileExistsError, sandbox.SandboxUnavailable) as e:
             parser.error(str(e))
+        print(run.sandbox)
         failed = sorted(a for a, rc in run.autograde_rc.items() if rc)
         graded = sum(len(v) for v in run.student_seconds.values())
         print(f"autograde: {graded} submissions in {run.grade_seconds:.0f} s with {run.workers} worker(s); "

@@ -282,8 +282,11 @@ class GuardedExecute(Execute):
         from bertlab.instructor import sandbox
 
         settings = sandbox.Sandbox(config=self.config)
-        line = sandbox.describe(settings) if settings.enabled else \
-            "Sandbox: NOT SANDBOXED: c.Sandbox.enabled is False in the course's nbgrader_config.py"
+        refused = sandbox.refusal(settings)
+        if refused:  # nbgrader records the error for this submission and goes on to the next
+            self.log.error("%s: %s", student, refused)
+            raise sandbox.SandboxUnavailable(refused)
+        line = sandbox.describe(settings)
         (self.log.warning if "NOT" in line else self.log.info)("%s: %s", student, line)
         for f in findings:
             self.log.warning("Integrity: %s: %s", student, f)

@@ -29,9 +29,12 @@ kernel gets a pids cgroup of its own with ``pids.max`` = the process limit (thre
 of a root grader without a writable pids cgroup (the log says so); the total disk a submission
 fills with many files, each under ``--fsize``.
 
-:func:`mechanism` says what works on this machine: ``bwrap`` (bubblewrap present and able to
-create its namespaces), else ``prlimit`` (limits only: no file isolation), else ``none``. The
-grading log says which on every submission (``Sandbox:`` lines); it is never silent.
+:func:`facts` probes the machine once (bubblewrap, its network namespace, prlimit, a pids cgroup,
+root); every decision is computed from those facts: :func:`mechanism` (``bwrap``, else ``prlimit``:
+limits only, no file isolation, else ``none``), :func:`cuts_network`, :func:`processes_bounded`
+and the log line :func:`describe`, on every submission (``Sandbox:`` lines; never silent). Where
+bubblewrap is unavailable, grading refuses to start (:func:`refusal`) unless the instructor allows
+it (``--allow-unsandboxed``, ``c.Sandbox.allow_unsandboxed``).
 """
 from __future__ import annotations
 
@@ -42,10 +45,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from jupyter_client import AsyncKernelManager
-from traitlets import Bool, Dict, Integer, List, Unicode
+from traitlets import Bool, Dict, Integer, List, Unicode, default
 from traitlets.config import Configurable
 
 from bertlab import cache
@@ -69,9 +73,16 @@ class Sandbox(Configurable):
                 "gradebook, submitted, autograded, feedback and exchange).").tag(config=True)
     cut_network = Bool(True, help="Give the kernel no network (a network namespace of its own; it talks "
                        "to nbgrader over Unix sockets). Needs bubblewrap.").tag(config=True)
+    allow_unsandboxed = Bool(False, help="Grade even where the file-system sandbox (bubblewrap) is unavailable; the "
+                             "class report and the feedback index then say so in their first line. Without it, "
+                             "grading refuses to start there.").tag(config=True)
     assignment_limits = Dict(help="Limits of one assignment's kernels, by assignment name, e.g. "
                              "{'00-welcome': {'memory_bytes': 4 * GiB, 'file_bytes': 64 * 1024**2}}: any of "
                              "memory_bytes, processes, file_bytes, open_files; the others as above.").tag(config=True)
+
+    @default("allow_unsandboxed")
+    def _allow_from_env(self):  # how `grading autograde --allow-unsandboxed` reaches nbgrader's processes
+        return os.environ.get(ALLOW_ENV, "") not in ("", "0")
 
     def limits(self, assignment: str | None = None) -> dict[str, int]:
         """The limits of a kernel grading ``assignment`` (with its entry of assignment_limits)."""
@@ -83,50 +94,127 @@ class Sandbox(Configurable):
         return {**out, **{k: int(v) for k, v in extra.items()}}
 
 
+#: Set (to 1) by ``grading autograde --allow-unsandboxed``: the default of ``c.Sandbox.allow_unsandboxed``.
+ALLOW_ENV = "BERTLAB_ALLOW_UNSANDBOXED"
+
 #: The limits, as prlimit sets them.
 LIMITS = {"memory_bytes": "--as", "processes": "--nproc", "file_bytes": "--fsize", "open_files": "--nofile"}
 
 
+@dataclass(frozen=True)
+class Facts:
+    """What this machine allows, probed once (:func:`facts`). Every decision of the sandbox
+    (:func:`mechanism`, :func:`network`, :func:`processes_bounded`, :func:`describe`) is computed
+    from these, so the log line cannot disagree with what the kernel gets, and a test can pass
+    any combination (bubblewrap or not, user namespaces or not, a pids cgroup or not, root or not)."""
+
+    bwrap: str = ""        # "" when bubblewrap runs here, else why not (not found, namespaces refused)
+    netns: str = ""        # "" when bubblewrap can also make a network namespace, else why not
+    prlimit: bool = True   # util-linux's prlimit is on PATH
+    pids_cgroup: str = ""  # "" when a kernel can get a pids cgroup of its own, else why not
+    root: bool = False     # the grader runs as uid 0 (RLIMIT_NPROC does not bind it)
+
+
+BWRAP_MISSING = "bwrap not found (apt-get install bubblewrap)"
+
+
 @functools.lru_cache(maxsize=None)
-def mechanism() -> str:
+def facts() -> Facts:
+    """Probe this machine: bubblewrap (plain, then with a network namespace), prlimit, a pids
+    cgroup, root. Cached: a grading run asks once."""
+    if not shutil.which("bwrap"):
+        bwrap, netns = BWRAP_MISSING, "no bubblewrap"
+    else:
+        base = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+        probe = subprocess.run(["bwrap", *base, "--tmpfs", "/tmp", "true"], capture_output=True, text=True)
+        # e.g. "No permissions to creating new namespace" where user namespaces are off
+        bwrap = "" if probe.returncode == 0 else (probe.stderr.strip() or f"bwrap exited {probe.returncode}")
+        netns = "no bubblewrap"
+        if not bwrap:
+            probe = subprocess.run(["bwrap", "--unshare-net", "--unshare-pid", *base, "true"], capture_output=True, text=True)
+            netns = "" if probe.returncode == 0 else f"bwrap --unshare-net failed: {probe.stderr.strip() or probe.returncode}"
+    return Facts(bwrap=bwrap, netns=netns, prlimit=bool(shutil.which("prlimit")), pids_cgroup=_probe_pids_cgroup(),
+                 root=os.getuid() == 0)
+
+
+def mechanism(f: Facts | None = None) -> str:
     """``bwrap``, ``prlimit`` or ``none``: the strongest sandbox that works on this machine."""
-    if shutil.which("bwrap"):
-        probe = subprocess.run(["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                                "--tmpfs", "/tmp", "true"], capture_output=True, text=True)
-        if probe.returncode == 0:
-            return "bwrap"
-        mechanism.failure = probe.stderr.strip()  # e.g. "No permissions to creating new namespace"
-    if shutil.which("prlimit"):
-        return "prlimit"
-    return "none"
+    f = f or facts()
+    return "bwrap" if not f.bwrap else "prlimit" if f.prlimit else "none"
 
 
-@functools.lru_cache(maxsize=None)
-def network() -> str:
+def network(f: Facts | None = None) -> str:
     """Why the kernel keeps the network here ("" when bubblewrap can cut it: ``--unshare-net``)."""
-    if mechanism() != "bwrap":
-        return "no bubblewrap"
-    probe = subprocess.run(["bwrap", "--unshare-net", "--unshare-pid", "--ro-bind", "/", "/", "--dev", "/dev",
-                            "--proc", "/proc", "true"], capture_output=True, text=True)
-    return "" if probe.returncode == 0 else f"bwrap --unshare-net failed: {probe.stderr.strip() or probe.returncode}"
+    return (f or facts()).netns
 
 
-def describe(settings: Sandbox | None = None) -> str:
-    """One line for the grading log: what isolates a submission here."""
-    s = settings or Sandbox()
-    m = mechanism()
+def pids_cgroup(f: Facts | None = None) -> str:
+    """Why a kernel cannot get a pids cgroup of its own here ("" when it can)."""
+    return (f or facts()).pids_cgroup
+
+
+def processes_bounded(f: Facts | None = None, settings: Sandbox | None = None) -> bool:
+    """Whether a kernel's process count is bounded here: a pids cgroup (any grader), or ``--nproc``
+    for a grader that is not root (the kernel exempts root from RLIMIT_NPROC, in a user namespace too)."""
+    f, s = f or facts(), settings or Sandbox()
+    return s.enabled and (not f.pids_cgroup or (mechanism(f) != "none" and not f.root))
+
+
+def cuts_network(settings: Sandbox, f: Facts | None = None) -> bool:
+    """Whether kernels started with ``settings`` get no network (they then talk over Unix sockets)."""
+    f = f or facts()
+    return settings.enabled and settings.cut_network and mechanism(f) == "bwrap" and not f.netns
+
+
+def isolates_files(settings: Sandbox | None = None, f: Facts | None = None) -> bool:
+    """Whether a submission is graded with the grader's files hidden and only its folder writable."""
+    return (settings or Sandbox()).enabled and mechanism(f or facts()) == "bwrap"
+
+
+def describe(settings: Sandbox | None = None, f: Facts | None = None) -> str:
+    """One line for the grading log: what isolates a submission here (from the same facts as the
+    decisions above)."""
+    s, f = settings or Sandbox(), f or facts()
+    if not s.enabled:
+        return "Sandbox: NOT SANDBOXED: c.Sandbox.enabled is False in the course's nbgrader_config.py"
+    m = mechanism(f)
+    if processes_bounded(f, s):
+        procs = "processes: a pids cgroup per kernel" if not f.pids_cgroup else "processes: --nproc"
+    else:
+        procs = f"process count NOT limited ({'root' if f.root else 'no prlimit'}; {f.pids_cgroup})"
     if m == "bwrap":
-        why = "c.Sandbox.cut_network is False" if not s.cut_network else network()
+        why = "c.Sandbox.cut_network is False" if not s.cut_network else f.netns
         net = ("no network (own network namespace, Unix sockets to the grader)" if not why else
                f"network NOT cut ({why}): a submission can connect out")
-        procs = ("processes: a pids cgroup per kernel" if not pids_cgroup() else "processes: --nproc" if os.getuid()
-                 else f"process count NOT limited (root; {pids_cgroup()})")
         return (f"Sandbox: bubblewrap + prlimit (own folder writable, grader's files hidden, memory/file limits; "
                 f"{procs}; {net})")
-    why = getattr(mechanism, "failure", "") or "bwrap not found (apt-get install bubblewrap)"
     if m == "prlimit":
-        return f"Sandbox: NOT SANDBOXED for files: {why}; only prlimit limits (memory, file size, processes)"
-    return f"Sandbox: NOT SANDBOXED: {why}, and no prlimit: submissions run with the grader's rights"
+        return (f"Sandbox: NOT SANDBOXED for files: {f.bwrap}; only prlimit limits (memory, file size); {procs}; "
+                "network NOT cut")
+    return f"Sandbox: NOT SANDBOXED: {f.bwrap}, and no prlimit: submissions run with the grader's rights; {procs}"
+
+
+def status_line(settings: Sandbox | None = None, f: Facts | None = None) -> str:
+    """The first line of a class report and of the feedback index: :func:`describe`, led by
+    ``GRADED UNSANDBOXED`` where the grader's files were not hidden from the submissions."""
+    line = describe(settings, f)
+    return line if isolates_files(settings, f) else f"GRADED UNSANDBOXED (grades may not be trustworthy). {line}"
+
+
+class SandboxUnavailable(RuntimeError):
+    """Grading refused: no file-system sandbox here and the instructor did not allow grading without one."""
+
+
+def refusal(settings: Sandbox | None = None, f: Facts | None = None) -> str:
+    """Why grading must not start here ("" when it may): the file-system sandbox is unavailable and
+    neither ``c.Sandbox.allow_unsandboxed`` nor ``c.Sandbox.enabled = False`` says to go on."""
+    s, f = settings or Sandbox(), f or facts()
+    if not s.enabled or s.allow_unsandboxed or isolates_files(s, f):
+        return ""
+    return (f"refusing to grade without the file-system sandbox: {f.bwrap}. Install bubblewrap (Debian/Ubuntu: "
+            "apt-get install bubblewrap) so that a submission cannot read solutions/ or the gradebook, or grade "
+            "anyway with --allow-unsandboxed (c.Sandbox.allow_unsandboxed = True): the class report and the "
+            "feedback index then say that grading ran unsandboxed")
 
 
 def _course_paths(config) -> tuple[Path, list[Path]]:
@@ -152,8 +240,7 @@ def _course_paths(config) -> tuple[Path, list[Path]]:
 PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
 
 
-@functools.lru_cache(maxsize=None)
-def pids_cgroup() -> str:
+def _probe_pids_cgroup() -> str:
     """Why a kernel cannot get a pids cgroup of its own here ("" when it can)."""
     if not (PIDS_CGROUP / "cgroup.procs").is_file():
         return f"no cgroup v1 pids hierarchy at {PIDS_CGROUP}"
@@ -162,17 +249,6 @@ def pids_cgroup() -> str:
     except OSError as e:
         return f"cannot make a cgroup in {PIDS_CGROUP}: {e.strerror}"
     return ""
-
-
-def processes_bounded() -> bool:
-    """Whether a kernel's process count is bounded here: a pids cgroup, or ``--nproc`` for a grader
-    that is not root (the kernel exempts root from RLIMIT_NPROC, in a user namespace too)."""
-    return mechanism() != "none" and (not pids_cgroup() or os.getuid() != 0)
-
-
-def cuts_network(settings: Sandbox) -> bool:
-    """Whether kernels started with ``settings`` get no network (they then talk over Unix sockets)."""
-    return settings.enabled and settings.cut_network and mechanism() == "bwrap" and not network()
 
 
 def wrap(cmd: list[str], cwd: str | os.PathLike | None, config=None, settings: Sandbox | None = None,
@@ -251,7 +327,7 @@ class SandboxedKernelManager(AsyncKernelManager):
             # the kernel along): interrupt by message on the control channel instead (ipykernel
             # then sends SIGINT to itself), so the cell timeout interrupts only the cell.
             self.kernel_spec.interrupt_mode = "message"
-        if settings.enabled and cmd[0] in ("bwrap", "prlimit") and not pids_cgroup():
+        if settings.enabled and not pids_cgroup():
             if self._cgroup is None:
                 self._cgroup = tempfile.mkdtemp(prefix="bertlab-kernel-", dir=PIDS_CGROUP)
                 limit = settings.limits(Path(kw["cwd"]).name if kw.get("cwd") else None)["processes"]
