@@ -94,7 +94,7 @@ def test_nothing_heavy_or_generated_is_tracked():
 
 def test_make_runs_torch_with_passive_openmp_waits():
     """Every make target (lab, test, course) runs with OMP_WAIT_POLICY=PASSIVE unless the user set it:
-    on a busy 2-core machine torch's spinning OpenMP threads slowed training 3-9x (README, "Timing")."""
+    on a busy 2-core machine torch's spinning OpenMP threads slowed training 3-9x (docs/timings.md)."""
     import os
     import subprocess
 

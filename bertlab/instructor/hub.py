@@ -116,7 +116,7 @@ def user_environment(w: Workshop, user: str) -> dict[str, str]:
         # nbgrader runs `alembic` from PATH when it creates a gradebook
         "PATH": f"{w.venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
         "BERTLAB_CACHE": str(w.home(user) / ".cache" / "bertlab"),  # the course's cache is not theirs
-        "OMP_WAIT_POLICY": "PASSIVE",  # as `make lab` (README, "Timing")
+        "OMP_WAIT_POLICY": "PASSIVE",  # as `make lab` (docs/timings.md)
     }
     env.update(w.extra_env)
     return env
