@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -86,6 +87,8 @@ class ClassRun:
     grade_seconds: float = 0.0  # wall time of autograde and feedback, all workers
     accomplice_calls: int = 0  # connections the accomplice of hostile-network got (the network is cut: 0)
     sandbox: str = ""  # sandbox.status_line(): how the submissions were isolated (first line of the reports)
+    # grading workers (threads) record into one run: two shards of one assignment add to the same keys
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def submission(self, student: str, assignment: str) -> Submission:
         return next(s for s in self.submissions if s.student == student and s.assignment == assignment)
@@ -189,25 +192,28 @@ def grade_assignment(course_dir: Path, name: str, students: tuple[str, ...], run
     # and let the callers see which submissions were not graded
     proc, cpu = _nbgrader_cpu(course_dir, "autograde", name, "--force", threads=threads)
     seconds = time.time() - start
-    # several workers may grade shares of one assignment's students (autograde_class): each adds its own
-    run.autograde_rc[name] = proc.returncode or run.autograde_rc.get(name, 0)
-    run.autograde_seconds[name] = max(seconds, run.autograde_seconds.get(name, 0.0))
-    run.autograde_cpu[name] = cpu + run.autograde_cpu.get(name, 0.0)
-    run.load[name] = os.getloadavg()[0]
-    run.logs[f"autograde {name}"] = run.logs.get(f"autograde {name}", "") + proc.stdout + proc.stderr
     # the autograded notebook is written when its student is done: the gaps are per-student times
     graded = [course_dir / "autograded" / s / name / f"{name}.ipynb" for s in students]
     done = sorted((p.stat().st_mtime, s) for s, p in zip(students, graded) if p.exists() and p.stat().st_mtime >= start)
-    prev, times = start, run.student_seconds.setdefault(name, {})
-    for t, s in done:
-        times[s] = t - prev
-        prev = t
+    # several workers may grade shares of one assignment's students (autograde_class): each adds its
+    # own, under the run's lock (a read-modify-write of the same key by two threads would lose one)
+    with run.lock:
+        run.autograde_rc[name] = proc.returncode or run.autograde_rc.get(name, 0)
+        run.autograde_seconds[name] = max(seconds, run.autograde_seconds.get(name, 0.0))
+        run.autograde_cpu[name] = cpu + run.autograde_cpu.get(name, 0.0)
+        run.load[name] = os.getloadavg()[0]
+        run.logs[f"autograde {name}"] = run.logs.get(f"autograde {name}", "") + proc.stdout + proc.stderr
+        prev, times = start, run.student_seconds.setdefault(name, {})
+        for t, s in done:
+            times[s] = t - prev
+            prev = t
     log(f"autograded {name}: {len(done)}/{len(students)} submissions in {seconds:.1f} s, "
         f"{seconds / len(students):.1f} s per submission "
         f"(CPU {cpu / len(students):.1f} s; load average {run.load[name]:.1f})"
         + (f"; nbgrader exited {proc.returncode}" if proc.returncode else ""))
     proc = nbgrader(course_dir, "generate_feedback", name, "--force")
-    run.logs[f"generate_feedback {name}"] = run.logs.get(f"generate_feedback {name}", "") + proc.stdout + proc.stderr
+    with run.lock:
+        run.logs[f"generate_feedback {name}"] = run.logs.get(f"generate_feedback {name}", "") + proc.stdout + proc.stderr
 
 
 def grade_shards(course_dir: Path, shards: list[dict[str, list[str]]], run: ClassRun, log=print,
