@@ -330,6 +330,8 @@ class Predictor:
     Reports are tokenized (truncated to ``max_length`` tokens), batched ``batch_size`` at a
     time sorted by length (little padding), and the results of the last ``cache_size``
     distinct reports are kept: a repeated report costs a dictionary look-up.
+    ``to_probabilities`` turns a batch's logits (B, C) into probabilities (B, C): None is the
+    softmax; ``bertlab.calibration.Calibration.probabilities`` applies a temperature first.
     """
 
     runner: Callable
@@ -338,6 +340,7 @@ class Predictor:
     max_length: int = 128
     batch_size: int = 32
     cache_size: int = 1024
+    to_probabilities: Callable[[np.ndarray], np.ndarray] | None = None
     hits: int = 0
     misses: int = 0
     _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
@@ -363,7 +366,8 @@ class Predictor:
             ids = self.tokenizer(unique, truncation=False)["input_ids"]
             for chunk in length_sorted_batches([len(x) for x in ids], self.batch_size):
                 batch = [self._truncate(ids[k]) for k in chunk]
-                probs = _softmax(self.runner(*pad_batch(batch, self.tokenizer.pad_token_id or 0)))
+                logits = self.runner(*pad_batch(batch, self.tokenizer.pad_token_id or 0))  # (B, C)
+                probs = (self.to_probabilities or _softmax)(logits)
                 for k, p in zip(chunk, probs):
                     pred = Prediction(self.label_names[int(p.argmax())],
                                       {n: float(v) for n, v in zip(self.label_names, p)},
