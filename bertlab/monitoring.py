@@ -31,6 +31,7 @@ class Metrics:
         self.reports = Counter("bertlab_reports", "Reports predicted", registry=r)
         self.abstentions = Counter("bertlab_abstentions", "Reports below the threshold (sent to an engineer)", registry=r)
         self.truncated = Counter("bertlab_truncated", "Reports longer than the model's window", registry=r)
+        self.in_flight = Gauge("bertlab_predict_in_flight", "/predict requests waiting for the model", registry=r)
         self.ready = Gauge("bertlab_ready", "1 once the model is loaded and warmed up", registry=r)
         self.info = Gauge("bertlab_model_info", "The served model (value 1)", ["version"], registry=r)
         self.drift_stat = Gauge("bertlab_drift_ks_statistic", "Two-sample KS statistic: reference vs the last "

@@ -74,7 +74,7 @@ class ServeConfig:
         self.model = Path(self.model)
         self.calibration = None if self.calibration is None else Path(self.calibration)
         args.positive_int("threads", self.threads)
-        args.number("batch_window_ms", self.batch_window_ms, 0.0, 1000.0)
+        args.number("batch_window_ms", self.batch_window_ms, 0.0, 10_000.0)
         args.positive_int("max_batch", self.max_batch)
         args.positive_int("max_texts", self.max_texts)
         args.integer("max_body_bytes", self.max_body_bytes, low=64)
@@ -188,6 +188,7 @@ class ModelWorker:
                                           to_probabilities=self.calibration.probabilities)
         predictor.predict(list(WARM_UP))
         predictor.clear_cache()
+        self.metrics.drift()  # imports scipy.stats now, not during the first scrape
         self.version = model_version(self.config.model, self.calibration)
         self.max_length = predictor.max_length
         return predictor
@@ -346,7 +347,8 @@ def create_app(config: ServeConfig):
         if not worker.ready.is_set():
             why = f"the model failed to load: {worker.failure}" if worker.failure else "the model is loading; retry shortly"
             return error(503, why, **{"Retry-After": "1"})
-        answers = await worker.submit(texts)
+        with metrics.in_flight.track_inprogress():
+            answers = await worker.submit(texts)
         return {"model_version": worker.version, "predictions": answers}
 
     app.add_middleware(_Measured, metrics=metrics)
