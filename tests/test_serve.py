@@ -330,3 +330,19 @@ def test_sigterm_answers_the_request_in_flight_then_stops(model, tmp_path):
             call(srv.port, "GET", "/health")
     finally:
         srv.stop()
+
+
+@pytest.mark.slow
+def test_the_load_test_runs_and_reports(model, tmp_path):
+    """benchmarks/serve.py for a few seconds at 2 users, both modes (so that it cannot rot)."""
+    plot = tmp_path / "serve.png"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--model", str(model), "--users", "2",
+                           "--seconds", "3", "--plot", str(plot)], capture_output=True, text=True, timeout=500, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert [(p["mode"], p["users"]) for p in result["points"]] == [("batching", 2), ("no-batching", 2)]
+    for p in result["points"]:
+        assert p["requests"] > 0 and p["error_rate"] == 0 and p["rps"] > 0, p
+        assert 0 < p["p50_ms"] <= p["p95_ms"] <= p["p99_ms"], p
+    assert result["points"][1]["mean_batch"] == 1.0, "--no-batching runs one request at a time"
+    assert "p99 ms" in proc.stdout and plot.stat().st_size > 10_000
