@@ -37,7 +37,9 @@ module                      nb    what it holds
 ``family``                  11    the BERT family: dynamic masking, SOP, ALBERT's count, ELECTRA's RTD, FLOPs per step
 ``debugging``               12    checks that find a broken fine-tune; gradient accumulation, mixed precision
 ``calibration``             13    a served model's temperature, abstention threshold and drift reference (saved beside it)
-``cli``                     09    ``bertlab predict`` / ``bertlab export``
+``monitoring``              13    what a served model reports: Prometheus metrics, the drift test on its confidence
+``serve``                   13    ``bertlab serve``: the model over HTTP (FastAPI), micro-batched, calibrated, abstaining
+``cli``                     09    ``bertlab predict`` / ``bertlab export`` / ``bertlab serve``
 ``instructor``              --    nbgrader tooling for instructors (release, run, grade); not course content
 ==========================  ====  ==========================================================
 """

@@ -3,6 +3,7 @@
     bertlab predict reports.txt                  # one report per line
     cat reports.jsonl | bertlab predict -        # JSON lines with a "text" field (and an optional "id")
     bertlab export                               # build the default model (the benchmark's INT8 ONNX student)
+    bertlab serve --port 8000                    # the model over HTTP (bertlab.serve: POST /predict, /ready, /metrics)
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def default_model_path() -> Path:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bertlab", description="The bertlab course's command line: serve the "
                                      "failure-report classifier.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,export}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,export,serve}")
     p = sub.add_parser("predict", help="predict the failure type of reports (JSON lines out)", description=PREDICT_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", nargs="?", default="-", help="file of reports, or '-' for stdin (default)")
@@ -62,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
                                       "(distils the cached teacher if needed: about 7.5 minutes on 2 cores, once), "
                                       "ONNX Runtime INT8 with a trimmed vocabulary")
     e.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: ONNX Runtime INT8)")
+    from bertlab import serve
+
+    serve.add_arguments(sub.add_parser("serve", help="serve the model over HTTP: POST /predict, GET /health, /ready, "
+                                       "/metrics (bertlab.serve)", description=serve.__doc__,
+                                       formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
 
@@ -205,6 +211,16 @@ def export(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "serve":
+        from bertlab import serve
+
+        try:
+            config = serve.config_from_args(args, default_model_path())
+        except (ValueError, OSError) as err:
+            _err(str(err))
+            return EXIT_CANNOT_RUN
+        serve.serve(config, host=args.host, port=args.port, log_level=args.log_level)
+        return EXIT_OK
     try:
         return predict(args) if args.command == "predict" else export(args)
     except BrokenPipeError:  # e.g. piped into `head`

@@ -330,6 +330,7 @@ class Predictor:
     Reports are tokenized (truncated to ``max_length`` tokens), batched ``batch_size`` at a
     time sorted by length (little padding), and the results of the last ``cache_size``
     distinct reports are kept: a repeated report costs a dictionary look-up.
+    ``to_probabilities``: logits (B, C) -> probabilities; None: softmax (a Calibration's adds a temperature).
     """
 
     runner: Callable
@@ -338,6 +339,7 @@ class Predictor:
     max_length: int = 128
     batch_size: int = 32
     cache_size: int = 1024
+    to_probabilities: Callable[[np.ndarray], np.ndarray] | None = None
     hits: int = 0
     misses: int = 0
     _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
@@ -363,7 +365,7 @@ class Predictor:
             ids = self.tokenizer(unique, truncation=False)["input_ids"]
             for chunk in length_sorted_batches([len(x) for x in ids], self.batch_size):
                 batch = [self._truncate(ids[k]) for k in chunk]
-                probs = _softmax(self.runner(*pad_batch(batch, self.tokenizer.pad_token_id or 0)))
+                probs = (self.to_probabilities or _softmax)(self.runner(*pad_batch(batch, self.tokenizer.pad_token_id or 0)))
                 for k, p in zip(chunk, probs):
                     pred = Prediction(self.label_names[int(p.argmax())],
                                       {n: float(v) for n, v in zip(self.label_names, p)},
@@ -391,16 +393,14 @@ class Predictor:
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(-1, keepdims=True)
-    e = np.exp(z)
+    e = np.exp(z - z.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
 
 
 def onnx_predictor(path: str | os.PathLike, *, threads: int = DEFAULT_THREADS, tokenizer=None, **kwargs) -> Predictor:
     """A :class:`Predictor` for an ONNX file written by :func:`export_onnx` with ``label_names`` metadata.
 
-    Raises FileNotFoundError (missing file) or ValueError (not a model ORT can load, or
-    no label names in it).
+    Raises FileNotFoundError (missing file) or ValueError (not a model ORT can load, or no label names in it).
     """
     from bertlab import pretrained
 

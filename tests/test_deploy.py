@@ -272,6 +272,23 @@ def test_predictor_batches_caches_and_truncates(exported):
         pred.predict("one report")
 
 
+def test_predictor_applies_a_temperature_through_to_probabilities(exported):
+    from bertlab import pretrained
+    from bertlab.calibration import Calibration
+
+    model, path = exported
+    texts = ["leakage at wafer sort", "latch-up during burn-in on lot 7"]
+    tok = pretrained.load_tokenizer()
+    logits = deploy.batch_logits(deploy.OrtRunner(deploy.ort_session(path, threads=1)), tok(texts)["input_ids"])
+    plain = deploy.onnx_predictor(path, threads=1).predict(texts)
+    hot = deploy.onnx_predictor(path, threads=1, to_probabilities=Calibration(temperature=3.0).probabilities).predict(texts)
+    for i in range(len(texts)):
+        want = Calibration(temperature=3.0).probabilities(logits[i])
+        assert np.allclose([hot[i].probabilities[n] for n in LABELS], want, atol=1e-6)
+        assert hot[i].label == plain[i].label, "a temperature never changes the predicted type"
+        assert max(hot[i].probabilities.values()) < max(plain[i].probabilities.values()), "T > 1 flattens"
+
+
 def test_onnx_predictor_needs_label_names(tmp_path):
     path = deploy.export_onnx(tiny_model(layers=1), tmp_path / "nolabels.onnx")
     with pytest.raises(ValueError, match="label_names"):
