@@ -810,19 +810,27 @@ def test_grading_refuses_without_the_file_sandbox_unless_allowed(monkeypatch, tm
         _guarded_run(tmp_path / "refused", [_graded("print('graded')")], sandbox={"allow_unsandboxed": False})
     nb = _guarded_run(tmp_path / "allowed", [_graded("print('graded')")], sandbox={"allow_unsandboxed": True})
     assert nb.cells[0].outputs[0]["text"] == "graded\n"
+    from nbgrader.api import Gradebook
+
+    monkeypatch.setenv("PATH", f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")  # alembic
     course_dir = tmp_path / "course"
     course_dir.mkdir()
     (course_dir / "nbgrader_config.py").write_text((course.ROOT / "nbgrader_config.py").read_text())
-    (course_dir / "gradebook.db").write_text("")
+    with Gradebook(f"sqlite:///{course_dir / 'gradebook.db'}") as gb:
+        gb.add_assignment("00-a")
+    (course_dir / "submitted" / "ann" / "00-a").mkdir(parents=True)
     monkeypatch.delenv(sandbox.ALLOW_ENV, raising=False)
+    graded = []
+    monkeypatch.setattr(autograde, "grade_shards", lambda *a, **k: graded.append(a))
     with pytest.raises(SystemExit) as exit_:
         grading.main(["autograde", "--course", str(course_dir)])
-    assert exit_.value.code == 2
+    assert exit_.value.code == 2 and not graded, "refused before anything was graded"
     err = capsys.readouterr().err
     assert "refusing to grade without the file-system sandbox" in err and "apt-get install bubblewrap" in err, err
-    with pytest.raises(SystemExit):  # allowed: it goes on, to the next problem (no submissions here)
-        grading.main(["autograde", "--course", str(course_dir), "--allow-unsandboxed"])
-    assert "no submissions" in capsys.readouterr().err
+    assert grading.main(["autograde", "--course", str(course_dir), "--allow-unsandboxed"]) == 0 and graded
+    out = capsys.readouterr().out
+    assert out.startswith("GRADED UNSANDBOXED (grades may not be trustworthy). Sandbox: NOT SANDBOXED"), out
+    assert (course_dir / "feedback" / "index.html").read_text().startswith("<p><strong>GRADED UNSANDBOXED")
     assert sandbox.Sandbox().allow_unsandboxed, "--allow-unsandboxed reaches nbgrader's processes through the environment"
 
 

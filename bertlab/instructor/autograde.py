@@ -314,10 +314,6 @@ def autograde_class(course_dir: Path, names: list[str] | None = None, workers: i
         if not (course_dir / f).is_file():
             raise FileNotFoundError(f"course_dir: {course_dir} has no {f}; run the command in an nbgrader course "
                                     "folder (its gradebook is made by `nbgrader generate_assignment`)")
-    settings = sandbox.Sandbox(config=course.load_config(course_dir))
-    refused = sandbox.refusal(settings)
-    if refused:  # before anything is graded: no half-graded class
-        raise sandbox.SandboxUnavailable(refused)
     workers = grade_workers() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers: expected at least 1, got {workers}")
@@ -332,6 +328,10 @@ def autograde_class(course_dir: Path, names: list[str] | None = None, workers: i
     if unknown:
         raise ValueError(f"names: {unknown} not in {course_dir / 'gradebook.db'}; run `nbgrader generate_assignment "
                          f"{unknown[0]}` first (it records the assignment's graded cells)")
+    settings = sandbox.Sandbox(config=course.load_config(course_dir))
+    refused = sandbox.refusal(settings)
+    if refused:  # after the arguments are checked, before anything is graded: no half-graded class
+        raise sandbox.SandboxUnavailable(refused)
     shards = _student_shards(plan, workers)
     run = ClassRun(course_dir, [], workers=len(shards), sandbox=sandbox.status_line(settings))
     bar = tqdm(total=sum(len(v) for v in plan.values()), unit="submission", desc="autograde", disable=not progress)
