@@ -37,7 +37,9 @@ module                      nb    what it holds
 ``family``                  11    the BERT family: dynamic masking, SOP, ALBERT's count, ELECTRA's RTD, FLOPs per step
 ``debugging``               12    checks that find a broken fine-tune; gradient accumulation, mixed precision
 ``calibration``             13    a served model's temperature, abstention threshold and drift reference (saved beside it)
-``cli``                     09    ``bertlab predict`` / ``bertlab export``
+``own_reports``             --    ``bertlab train``'s input: your own CSV/JSONL reports, checked, deduplicated, split
+``own_model``               --    ``bertlab train``'s output: the course's fine-tune on them, a model card, HF's formats
+``cli``                     09    ``bertlab predict`` / ``bertlab export`` / ``bertlab train``
 ``instructor``              --    nbgrader tooling for instructors (release, run, grade); not course content
 ==========================  ====  ==========================================================
 """

@@ -212,7 +212,7 @@ def export(args) -> int:
 
     env.quiet()
     if args.source is not None:
-        from bertlab.own_reports import export_folder
+        from bertlab.own_model import export_folder
 
         try:
             print(export_folder(args.source, int8=not args.fp32))
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "train":
-            from bertlab.own_reports import train_command
+            from bertlab.own_model import train_command
 
             return train_command(args)
         return predict(args) if args.command == "predict" else export(args)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bertlab import cli, own_reports
+from bertlab import cli, own_model, own_reports
 from bertlab.data import make_splits
 
 SCRIPT = Path(sys.executable).parent / "bertlab"
@@ -34,8 +34,8 @@ def trained(tmp_path_factory, fab_d_rows):
     """A model trained for a few steps on 300 fab-D reports, saved as `bertlab train` saves it."""
     d = tmp_path_factory.mktemp("own")
     reports = own_reports.read_reports(write_csv(d / "reports.csv", fab_d_rows), "text", "failure_type")
-    summary, model, tokenizer, test = own_reports.train_own_model(reports, progress=False, epochs=1, max_steps=4)
-    out = own_reports.save_own_model(d / "mine", summary, model, tokenizer, test)
+    summary, model, tokenizer, test = own_model.train_own_model(reports, progress=False, epochs=1, max_steps=4)
+    out = own_model.save_own_model(d / "mine", summary, model, tokenizer, test)
     texts = [reports.texts[i] for i in own_reports.split_reports(reports).test[:12]]
     return {"out": out, "summary": summary, "model": model, "tokenizer": tokenizer, "texts": texts, "reports": reports}
 
@@ -196,7 +196,7 @@ def test_the_console_script_reports_bad_input_with_exit_2(tmp_path):
     path.write_text(csv_text(many(classes=("a",))))
     cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "bertlab.cli"]
     proc = subprocess.run(cmd + ["train", str(path), "--text-column", "text", "--label-column", "failure_type",
-                                 "--out", str(tmp_path / "m")], capture_output=True, text=True, timeout=120,
+                                 "--out", str(tmp_path / "m")], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2 and "one class only" in proc.stderr and not (tmp_path / "m").exists()
 
@@ -243,6 +243,6 @@ def test_bootstrap_difference_brackets_the_observed_difference():
     y = rng.integers(0, 3, 200)
     a = np.where(rng.random(200) < 0.9, y, (y + 1) % 3)  # about 90% right
     b = np.where(rng.random(200) < 0.6, y, (y + 1) % 3)  # about 60% right
-    d, lo, hi = own_reports.bootstrap_difference(own_reports.macro_f1, y, a, b, n_boot=300)
+    d, lo, hi = own_model.bootstrap_difference(own_model.macro_f1, y, a, b, n_boot=300)
     assert 0.15 < lo < d < hi < 0.45
-    assert own_reports.bootstrap_difference(own_reports.macro_f1, y, a, a, n_boot=50) == (0.0, 0.0, 0.0)
+    assert own_model.bootstrap_difference(own_model.macro_f1, y, a, a, n_boot=50) == (0.0, 0.0, 0.0)
