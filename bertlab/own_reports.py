@@ -72,7 +72,7 @@ def _load_table(path: Path, fmt: str) -> tuple[list[str], dict[str, list]]:
     import pyarrow
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parse errors reach the user as BadReports, once
     kwargs = {}
     if fmt == "csv":  # every cell as written: text, never a number or NaN ("007" stays "007", "" stays "")
         header = next(csv.reader([path.read_text(encoding="utf-8").split("\n", 1)[0]]), [])

@@ -238,6 +238,16 @@ def test_near_duplicates_are_dropped_before_a_stratified_split(tmp_path, fab_d_r
     assert own_reports.split_reports(reports, seed=2).test != split.test
 
 
+def test_macro_f1_equals_scikit_learns():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(1)
+    for n, k in ((50, 3), (200, 8), (7, 5)):
+        y, p = rng.integers(0, k, n), rng.integers(0, k + 1, n)  # p may hold a class y lacks, and miss one
+        assert own_model.macro_f1(y, p) == pytest.approx(f1_score(y, p, average="macro", zero_division=0), abs=1e-12)
+    assert own_model.macro_f1([0, 1, 1], [0, 1, 1]) == 1.0
+
+
 def test_bootstrap_difference_brackets_the_observed_difference():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 200)
