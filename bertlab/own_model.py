@@ -299,6 +299,10 @@ def train_command(args) -> int:
     print(f"{out}: test macro-F1 {t['macro_f1']:.3f} (TF-IDF baseline {b['macro_f1']:.3f}; difference "
           f"{d['macro_f1']:+.3f}, {LEVEL:.0%} interval [{d['interval'][0]:+.3f}, {d['interval'][1]:+.3f}]) on "
           f"{summary['data']['test']} test reports; model card: {out / 'README.md'}")
+    dropped = ", ".join(f"{n} {why}" for why, n in summary["data"]["dropped"].items() if n)
+    if dropped:
+        print(f"bertlab: dropped before splitting: {dropped} (rows of {summary['data']['rows']}; see the card)",
+              file=sys.stderr)
     return 0
 
 
