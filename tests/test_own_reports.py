@@ -256,3 +256,12 @@ def test_bootstrap_difference_brackets_the_observed_difference():
     d, lo, hi = own_model.bootstrap_difference(own_model.macro_f1, y, a, b, n_boot=300)
     assert 0.15 < lo < d < hi < 0.45
     assert own_model.bootstrap_difference(own_model.macro_f1, y, a, a, n_boot=50) == (0.0, 0.0, 0.0)
+
+
+def test_predict_and_export_on_a_folder_that_is_not_ready(tmp_path, capsys):
+    reports = tmp_path / "r.txt"
+    reports.write_text("a report\n")
+    assert cli.main(["predict", str(reports), "--model", str(tmp_path)]) == 2
+    assert f"export it with 'bertlab export --from {tmp_path}'" in capsys.readouterr().err
+    assert cli.main(["export", "--from", str(tmp_path)]) == 2
+    assert "has no config.json: give a folder written by 'bertlab train'" in capsys.readouterr().err
