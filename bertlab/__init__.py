@@ -39,7 +39,9 @@ module                      nb    what it holds
 ``calibration``             13    a served model's temperature, abstention threshold and drift reference (saved beside it)
 ``monitoring``              13    what a served model reports: Prometheus metrics, the drift test on its confidence
 ``serve``                   13    ``bertlab serve``: the model over HTTP (FastAPI), micro-batched, calibrated, abstaining
-``cli``                     09    ``bertlab predict`` / ``bertlab export`` / ``bertlab serve``
+``own_reports``             --    ``bertlab train``'s input: your own CSV/JSONL reports, checked, deduplicated, split
+``own_model``               --    ``bertlab train``'s output: the course's fine-tune on them, a model card, HF's formats
+``cli``                     09    ``bertlab predict`` / ``bertlab export`` / ``bertlab serve`` / ``bertlab train``
 ``instructor``              --    nbgrader tooling for instructors (release, run, grade); not course content
 ==========================  ====  ==========================================================
 """

@@ -4,6 +4,8 @@
     cat reports.jsonl | bertlab predict -        # JSON lines with a "text" field (and an optional "id")
     bertlab export                               # build the default model (the benchmark's INT8 ONNX student)
     bertlab serve --port 8000                    # the model over HTTP (bertlab.serve: POST /predict, /ready, /metrics)
+    bertlab train reports.csv --text-column text --label-column failure_type --out models/mine
+    bertlab export --from models/mine            # then: bertlab predict reports.txt --model models/mine
 """
 from __future__ import annotations
 
@@ -48,13 +50,13 @@ def default_model_path() -> Path:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bertlab", description="The bertlab course's command line: serve the "
                                      "failure-report classifier.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,export,serve}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,export,serve,train}")
     p = sub.add_parser("predict", help="predict the failure type of reports (JSON lines out)", description=PREDICT_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", nargs="?", default="-", help="file of reports, or '-' for stdin (default)")
     p.add_argument("--model", type=Path, default=None,
-                   help="ONNX model written by bertlab.deploy (default: the served model in the cache, "
-                        "see 'bertlab export')")
+                   help="ONNX model written by bertlab.deploy, or a folder written by 'bertlab train' and "
+                        "'bertlab export --from' (default: the served model in the cache, see 'bertlab export')")
     p.add_argument("--format", choices=("auto", "lines", "jsonl"), default="auto", help="input format (default auto)")
     p.add_argument("--output", "-o", type=Path, default=None, help="write the JSON lines here instead of stdout")
     p.add_argument("--batch-size", type=int, default=32, help="reports per model call (default 32)")
@@ -63,11 +65,18 @@ def _parser() -> argparse.ArgumentParser:
                                       "(distils the cached teacher if needed: about 7.5 minutes on 2 cores, once), "
                                       "ONNX Runtime INT8 with a trimmed vocabulary")
     e.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: ONNX Runtime INT8)")
+    e.add_argument("--from", dest="source", type=Path, default=None,
+                   help="export this folder written by 'bertlab train' to FOLDER/model.onnx instead")
     from bertlab import serve
 
     serve.add_arguments(sub.add_parser("serve", help="serve the model over HTTP: POST /predict, GET /health, /ready, "
                                        "/metrics (bertlab.serve)", description=serve.__doc__,
                                        formatter_class=argparse.RawDescriptionHelpFormatter))
+    t = sub.add_parser("train", help="fine-tune on your own reports (CSV or JSON lines): model, tokenizer and a model "
+                                     "card in Hugging Face's formats")
+    from bertlab.own_reports import add_train_arguments
+
+    add_train_arguments(t)
     return parser
 
 
@@ -137,16 +146,24 @@ def predict(args) -> int:
 
     env.quiet()
     model = args.model or default_model_path()
+    folder = Path(model) if Path(model).is_dir() else None  # a 'bertlab train' folder: its ONNX file and tokenizer
+    model = folder / "model.onnx" if folder else model
     if args.batch_size < 1 or args.threads < 1:
         _err("--batch-size and --threads must be positive integers")
         return EXIT_CANNOT_RUN
     if not Path(model).is_file():
         hint = ("build the course's model with 'bertlab export' (it distils the cached teacher: minutes on a CPU), "
-                "or pass --model PATH") if args.model is None else "check the path given to --model"
+                "or pass --model PATH") if args.model is None else (f"export it with 'bertlab export --from {folder}'"
+                                                                   if folder else "check the path given to --model")
         _err(f"no model file at {model}: {hint}")
         return EXIT_CANNOT_RUN
     try:
-        predictor = deploy.onnx_predictor(model, threads=args.threads, batch_size=args.batch_size)
+        tokenizer = None
+        if folder:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        predictor = deploy.onnx_predictor(model, threads=args.threads, batch_size=args.batch_size, tokenizer=tokenizer)
     except (ValueError, OSError) as err:
         _err(f"cannot load the model {model}: {err}. Re-export it ('bertlab export') or pass another --model.")
         return EXIT_CANNOT_RUN
@@ -200,6 +217,15 @@ def export(args) -> int:
     from bertlab import artifacts, env
 
     env.quiet()
+    if args.source is not None:
+        from bertlab.own_model import export_folder
+
+        try:
+            print(export_folder(args.source, int8=not args.fp32))
+        except (OSError, ValueError) as err:
+            _err(f"cannot export {args.source}: {err}")
+            return EXIT_CANNOT_RUN
+        return EXIT_OK
     path = artifacts.exported_model(int8=not args.fp32)
     target = default_model_path()
     tmp = target.with_suffix(".onnx.tmp")
@@ -222,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         serve.serve(config, host=args.host, port=args.port, log_level=args.log_level)
         return EXIT_OK
     try:
+        if args.command == "train":
+            from bertlab.own_model import train_command
+
+            return train_command(args)
         return predict(args) if args.command == "predict" else export(args)
     except BrokenPipeError:  # e.g. piped into `head`
         return EXIT_OK

@@ -85,8 +85,11 @@ def plain_state_dict(model: nn.Module) -> dict:
 
 
 def word_embeddings_of(model: nn.Module):
-    """``(holder, embedding)``: the module holding ``word_embeddings`` and the table, or ``(None, None)``."""
-    for root in (getattr(model, "encoder", None), model):
+    """``(holder, embedding)``: the module holding ``word_embeddings`` and the table, or ``(None, None)``.
+
+    Looked for under ``model.encoder`` (the course's models), ``model.base_model`` (a ``transformers``
+    model with a head, e.g. BertForSequenceClassification) and ``model`` itself."""
+    for root in (getattr(model, "encoder", None), getattr(model, "base_model", None), model):
         holder = getattr(root, "embeddings", None)
         if isinstance(getattr(holder, "word_embeddings", None), nn.Embedding):
             return holder, holder.word_embeddings
