@@ -45,6 +45,13 @@ def _cat(chunks: list, fill):
     return torch.cat(chunks)
 
 
+def _pad_across(accelerator, tensors, fill):
+    """Pad dim 1 of each tensor (labels with ``IGNORE_INDEX``) to its longest across processes."""
+    if isinstance(tensors, Mapping):
+        return {k: _pad_across(accelerator, v, IGNORE_INDEX if k == "labels" else fill) for k, v in tensors.items()}
+    return accelerator.pad_across_processes(tensors, dim=1, pad_index=fill) if tensors.dim() >= 2 else tensors
+
+
 @torch.no_grad()
 def collect_outputs(model, data: Dataset, *, batch_size: int = 64, accelerator=None,
                     loss_fn: Callable | None = None, progress: bool = False) -> tuple:
@@ -53,6 +60,8 @@ def collect_outputs(model, data: Dataset, *, batch_size: int = 64, accelerator=N
     Items are batched shortest first, so little padding is computed; per-token outputs of
     batches of different lengths are padded (labels with ``IGNORE_INDEX``). With ``loss_fn``
     a third value is returned: the loss averaged over the batches, weighted by their sizes.
+    With an ``accelerator`` running several processes (``accelerate launch``), each scores its
+    shard and the outputs, batches and loss cover every item once, on every process.
     The model is left in the mode it was in. ``progress`` shows a bar when the pass takes
     more than a second (off by default: :func:`bertlab.train.fit` validates with it off).
     Raises ValueError naming ``data`` when it is empty, ``progress`` when it is not a bool.
@@ -77,11 +86,15 @@ def collect_outputs(model, data: Dataset, *, batch_size: int = 64, accelerator=N
         out = model(**model_inputs(batch, keys))
         if isinstance(out, Mapping):
             out = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
-        if loss_fn is not None:
+        if accelerator is not None and accelerator.num_processes > 1:
+            # Each process holds its own shard of the batch, padded to its own longest item: pad dim 1 to
+            # the longest across processes, then gather; gather_for_metrics drops the copies of items
+            # accelerate adds to even out the last batch, so every item counts once.
+            out, batch = _pad_across(accelerator, out, 0.0), _pad_across(accelerator, batch, 0)
+            out, batch = accelerator.gather_for_metrics((out, batch))
+        if loss_fn is not None:  # on the whole (gathered) batch, weighted by its size
             loss = loss_fn(out, batch)
             loss_sum += float(loss["loss"] if isinstance(loss, Mapping) else loss) * len(batch["index"])
-        if accelerator is not None:
-            out, batch = accelerator.gather_for_metrics((out, batch))
         outputs.append({k: v.float().cpu() for k, v in out.items()} if isinstance(out, Mapping) else out.float().cpu())
         batches.append({k: v.cpu() for k, v in batch.items()})
     model.train(was_training)
