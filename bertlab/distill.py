@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bertlab import args, train
+from bertlab.evaluation import eval_mode
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None, *,
@@ -222,8 +223,8 @@ class HiddenStatePairs:
         self._keys = train.forward_keys(teacher)
 
     def __enter__(self) -> "HiddenStatePairs":
-        self._was_training = self.teacher.training
-        self.teacher.eval()
+        self._teacher_mode = eval_mode(self.teacher)
+        self._teacher_mode.__enter__()
         self.student_outputs.__enter__()
         self.teacher_outputs.__enter__()
         return self
@@ -231,7 +232,7 @@ class HiddenStatePairs:
     def __exit__(self, *exc) -> None:
         self.student_outputs.__exit__(*exc)
         self.teacher_outputs.__exit__(*exc)
-        self.teacher.train(self._was_training)
+        self._teacher_mode.__exit__(*exc)
 
     def __call__(self, batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         student_states = self.student_outputs.states()
@@ -249,11 +250,10 @@ def hidden_cosines(student: nn.Module, teacher: nn.Module, data: train.TextDatas
     layer's :func:`hidden_loss` over all of ``data``). Both models run in eval mode on the
     student's device and go back to their modes.
     """
-    device, was_training = next(student.parameters()).device, student.training
-    student.eval()
+    device = next(student.parameters()).device
     keys = train.forward_keys(student)
     sums, tokens = torch.zeros(len(layers), dtype=torch.float64), 0
-    with HiddenStatePairs(student, teacher, layers) as pairs:
+    with eval_mode(student), HiddenStatePairs(student, teacher, layers) as pairs:
         for batch in train.make_loader(data, batch_size):
             batch = {k: v.to(device) for k, v in batch.items()}
             student(**train.model_inputs(batch, keys))
@@ -261,7 +261,6 @@ def hidden_cosines(student: nn.Module, teacher: nn.Module, data: train.TextDatas
             for k, (h_s, h_t) in enumerate(zip(*pairs(batch))):
                 sums[k] += F.cosine_similarity(h_s[keep].float(), h_t[keep].float(), dim=-1).double().sum().cpu()
             tokens += int(keep.sum())
-    student.train(was_training)
     return (sums / tokens).tolist()
 
 

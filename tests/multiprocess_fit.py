@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from bertlab import evaluation, train
+from bertlab import env, evaluation, train
 from bertlab.data import FAILURE_TYPES, make_splits
 from bertlab.model import BertConfig, BertModel
 from bertlab.pretrained import load_tokenizer
@@ -38,7 +38,7 @@ def main(out_path: str) -> None:
         return train.encode(tokenizer, [r.text for r in reports], [ids[r.failure_type] for r in reports], max_length=48)
 
     train_data, val_data = data(splits.train), data(splits.validation)
-    accelerator = train.make_accelerator("no", device="cpu")
+    accelerator = env.make_accelerator("no", device="cpu")
     model = tiny_classifier(len(tokenizer))
     config = train.TrainConfig(lr=2e-3, epochs=2, batch_size=8, eval_batch_size=4, patience=None, seed=0,
                                mixed_precision="no", log_every=3)
