@@ -4,7 +4,7 @@ tests/multiprocess_fit.py fine-tunes a tiny BERT (dropout off) with a global bat
 evaluates it on 7 reports in batches of 4. Two processes each compute half of every batch;
 DDP averages their gradients, which for equal halves is the gradient of the whole batch, so
 the two runs take the same steps. What may differ is the order of float additions (the
-all-reduce sums two half-batch means): 1e-5 on the losses, measured at about 3e-7.
+all-reduce sums two half-batch means): 1e-5 on the losses, measured at 2.4e-7 at most.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_two_processes_take_the_steps_of_one(runs):
     assert (one["processes"], two["processes"]) == (1, 2)
     assert len(one["steps"]) == len(two["steps"]) == 16  # 64 reports, batches of 8, 2 epochs: the batch is global
     assert max(abs(a - b) for a, b in zip(one["steps"], two["steps"])) < TOLERANCE
-    assert one["steps"][0] != one["steps"][-1]  # the model learnt something to compare
+    assert one["history"][-1]["train_loss"] < one["history"][0]["train_loss"]  # the weights moved: a curve to compare
     for a, b in zip(one["history"], two["history"], strict=True):
         for key in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1"):
             assert abs(a[key] - b[key]) < TOLERANCE, (key, a[key], b[key])
