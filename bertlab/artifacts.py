@@ -230,7 +230,7 @@ def distilled_student(fab: str = "A", task: str = "failure_type", *, teacher_ove
         return student.state_dict(), meta
 
     state, meta, hit = cache.cached_state(f"student-{task}", key_config, build)
-    student = distill.student_from_teacher(teacher.cpu(), cfg["layers"])
+    student = distill.student_from_teacher(teacher, cfg["layers"])  # on the teacher's device; the teacher stays there
     student.load_state_dict(state)
     student = student.to(env.get_device()).eval()
     info = {"teacher": tinfo, "settings": cfg, "cached": hit, "path": str(cache.path_for(f"student-{task}", key_config)),

@@ -142,12 +142,15 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
 
     Each epoch: shuffle all indices, cut them into chunks of ``batch_size * chunk_batches``,
     sort each chunk by length, cut it into batches, shuffle the batches. Dynamic padding
-    then pads each batch to a length close to its items' own.
+    then pads each batch to a length close to its items' own. ``partial_last``: the one
+    batch smaller than ``batch_size`` (when the items do not fill the last) comes last, where
+    accelerate can split a batch among processes (``bertlab.train.fit`` sets it for several).
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator, chunk_batches: int = 16):
+    def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator, chunk_batches: int = 16,
+                 partial_last: bool = False):
         self.lengths, self.batch_size, self.generator = list(lengths), batch_size, generator
-        self.chunk = batch_size * chunk_batches
+        self.chunk, self.partial_last = batch_size * chunk_batches, partial_last
 
     def __len__(self) -> int:
         return sum(math.ceil(min(self.chunk, len(self.lengths) - i) / self.batch_size)
@@ -159,7 +162,10 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         for i in range(0, len(perm), self.chunk):
             chunk = sorted(perm[i:i + self.chunk], key=self.lengths.__getitem__)
             batches += [chunk[j:j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
-        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+        order = torch.randperm(len(batches), generator=self.generator).tolist()
+        if self.partial_last:
+            order.sort(key=lambda b: len(batches[b]) < self.batch_size)  # stable: the full ones keep their order
+        for b in order:
             yield batches[b]
 
 

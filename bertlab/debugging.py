@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from bertlab import args
 from bertlab.data.reports import near_duplicate_key
+from bertlab.evaluation import eval_mode
 from bertlab.train import cross_entropy, forward_keys, logits_of, model_inputs, train_step
 
 
@@ -71,10 +72,8 @@ def loss_at_init(model: nn.Module, batch: Mapping, num_labels: int, rtol: float 
     _check_batch(batch)
     args.integer("num_labels", num_labels, low=2)
     args.number("rtol", rtol, low=0, low_open=True)
-    was_training = model.training
-    with torch.no_grad():
-        loss = float(cross_entropy(_logits(model.eval(), batch), batch))
-    model.train(was_training)
+    with torch.no_grad(), eval_mode(model):
+        loss = float(cross_entropy(_logits(model, batch), batch))
     expected = math.log(num_labels)
     ok = abs(loss - expected) <= rtol * expected
     return Verdict("loss at initialisation", ok, loss, f"loss {loss:.3f}, ln C = ln {num_labels} = {expected:.3f} "
@@ -96,7 +95,7 @@ def overfit_one_batch(model: nn.Module, batch: Mapping, *, steps: int = 30, lr: 
     trial = copy.deepcopy(model)
     optimizer = torch.optim.AdamW([p for p in trial.parameters() if p.requires_grad], lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    losses = [train_step(trial, dict(batch), optimizer, scheduler, loss_fn=loss_fn)["loss"] for _ in range(steps)]
+    losses = [float(train_step(trial, dict(batch), optimizer, scheduler, loss_fn=loss_fn)["loss"]) for _ in range(steps)]
     last = losses[-1]
     return Verdict("overfit one batch", last < target, last,
                    f"loss {losses[0]:.3f} -> {last:.3f} in {steps} steps on {len(batch['labels'])} reports "

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bertlab import args, train
+from bertlab.evaluation import eval_mode
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None, *,
@@ -134,28 +135,30 @@ def teacher_layers_for(layers: Sequence[int], n_teacher: int) -> list[int]:
 
 
 def hidden_loss(student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor],
-                attention_mask: torch.Tensor) -> torch.Tensor:
+                attention_mask: torch.Tensor, *, check: bool = True) -> torch.Tensor:
     """DistilBERT's cosine loss (Sanh et al. 2019, L_cos): ``1 - cos(h_s, h_t)`` (a scalar).
 
     ``student_states[k]`` and ``teacher_states[k]`` are (B, T, H) hidden states of a pair of
     layers; the loss is averaged over the tokens where ``attention_mask`` (B, T) is 1 (padding
     is ignored), then over the pairs, so its scale does not grow with the number of layers.
     Only the direction of each vector counts, not its length. No gradient flows into the
-    teacher's states. ValueError for mismatched shapes or a mask without a token.
+    teacher's states. ValueError for mismatched shapes or a mask without a token (``check=False``
+    skips the latter, which reads the mask back from the device: the training loop's path).
     """
     if len(student_states) == 0 or len(student_states) != len(teacher_states):
         raise ValueError(f"student_states and teacher_states must be lists of the same non-zero length, "
                          f"got {len(student_states)} and {len(teacher_states)}")
-    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2 or not attention_mask.any():
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2 or (check and not attention_mask.any()):
         raise ValueError("attention_mask must be a (B, T) tensor with at least one token (1)")
     keep = attention_mask.bool()
+    tokens = keep.sum().clamp(min=1)  # a tensor: the mean over the tokens without reading their number back
     losses = []
     for k, (h_s, h_t) in enumerate(zip(student_states, teacher_states)):
         if h_s.dim() != 3 or h_s.shape != h_t.shape or h_s.shape[:2] != keep.shape:
             raise ValueError(f"student_states[{k}] and teacher_states[{k}] must both be (B, T, H) with (B, T) = "
                              f"{tuple(keep.shape)} of attention_mask, got {tuple(h_s.shape)} and {tuple(h_t.shape)}")
-        cos = F.cosine_similarity(h_s[keep].float(), h_t.detach()[keep].float(), dim=-1)  # (tokens,)
-        losses.append((1 - cos).mean())
+        cos = F.cosine_similarity(h_s.float(), h_t.detach().float(), dim=-1)  # (B, T)
+        losses.append(((1 - cos) * keep).sum() / tokens)  # padding weighs 0
     return torch.stack(losses).mean()
 
 
@@ -220,8 +223,8 @@ class HiddenStatePairs:
         self._keys = train.forward_keys(teacher)
 
     def __enter__(self) -> "HiddenStatePairs":
-        self._was_training = self.teacher.training
-        self.teacher.eval()
+        self._teacher_mode = eval_mode(self.teacher)
+        self._teacher_mode.__enter__()
         self.student_outputs.__enter__()
         self.teacher_outputs.__enter__()
         return self
@@ -229,7 +232,7 @@ class HiddenStatePairs:
     def __exit__(self, *exc) -> None:
         self.student_outputs.__exit__(*exc)
         self.teacher_outputs.__exit__(*exc)
-        self.teacher.train(self._was_training)
+        self._teacher_mode.__exit__(*exc)
 
     def __call__(self, batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         student_states = self.student_outputs.states()
@@ -247,11 +250,10 @@ def hidden_cosines(student: nn.Module, teacher: nn.Module, data: train.TextDatas
     layer's :func:`hidden_loss` over all of ``data``). Both models run in eval mode on the
     student's device and go back to their modes.
     """
-    device, was_training = next(student.parameters()).device, student.training
-    student.eval()
+    device = next(student.parameters()).device
     keys = train.forward_keys(student)
     sums, tokens = torch.zeros(len(layers), dtype=torch.float64), 0
-    with HiddenStatePairs(student, teacher, layers) as pairs:
+    with eval_mode(student), HiddenStatePairs(student, teacher, layers) as pairs:
         for batch in train.make_loader(data, batch_size):
             batch = {k: v.to(device) for k, v in batch.items()}
             student(**train.model_inputs(batch, keys))
@@ -259,7 +261,6 @@ def hidden_cosines(student: nn.Module, teacher: nn.Module, data: train.TextDatas
             for k, (h_s, h_t) in enumerate(zip(*pairs(batch))):
                 sums[k] += F.cosine_similarity(h_s[keep].float(), h_t[keep].float(), dim=-1).double().sum().cpu()
             tokens += int(keep.sum())
-    student.train(was_training)
     return (sums / tokens).tolist()
 
 
@@ -281,7 +282,7 @@ def _distillation_loss(outputs, batch: dict, *, temperature: float, alpha: float
                  temperature=temperature, alpha=alpha)
     if not hidden_weight:
         return kd
-    cos = hidden_loss(*pairs(batch), batch["attention_mask"])
+    cos = hidden_loss(*pairs(batch), batch["attention_mask"], check=False)
     return {"loss": kd + hidden_weight * cos, "kd_loss": kd, "hidden_loss": cos}  # fit logs the parts
 
 

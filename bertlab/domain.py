@@ -19,12 +19,10 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from bertlab import args
-from bertlab.pretraining import IGNORE_INDEX
+from bertlab.pretrain_loop import mlm_totals
 
 # ---------------------------------------------------------------- freezing
 
@@ -97,21 +95,6 @@ def mlm_batches(tokenizer, texts: Sequence[str], *, batch_size: int = 32, max_le
     return [collate(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
 
 
-def _mlm_logits(model: nn.Module, batch: dict, chosen: torch.Tensor) -> torch.Tensor:
-    """Logits (N, V) at the chosen positions, row-major, for a bertlab or transformers masked LM."""
-    from bertlab.model import BertForPreTraining
-
-    if isinstance(model, BertForPreTraining):
-        logits, _ = model(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"),
-                          masked_positions=chosen)  # (N, V): only where a token is predicted
-        return logits
-    kwargs = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
-    out = model(input_ids=batch["input_ids"], **kwargs)
-    logits = out.logits if hasattr(out, "logits") else out[0]  # (B, T, V)
-    return logits[chosen]  # (N, V)
-
-
-@torch.no_grad()
 def mlm_nll(model: nn.Module, batches: Iterable[dict]) -> tuple[float, int]:
     """``(sum of -log p(token) over every masked position of batches, number of those positions)``.
 
@@ -122,26 +105,8 @@ def mlm_nll(model: nn.Module, batches: Iterable[dict]) -> tuple[float, int]:
     positions only) or a ``transformers`` masked LM. Runs in eval mode (no dropout) on the
     model's device and leaves the model in the mode it was in.
     """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, n = 0.0, 0
-    try:
-        for i, batch in enumerate(batches):
-            key = "mlm_labels" if "mlm_labels" in batch else "labels"
-            if key not in batch:
-                raise ValueError(f"batches[{i}] has no mlm_labels (or labels): mask it with PretrainingCollator")
-            batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-            labels = batch[key]  # (B, T)
-            chosen = labels != IGNORE_INDEX  # (B, T)
-            if not chosen.any():
-                continue
-            logits = _mlm_logits(model, batch, chosen)  # (N, V)
-            total += F.cross_entropy(logits.float(), labels[chosen], reduction="sum").item()
-            n += int(chosen.sum())
-    finally:
-        model.train(was_training)
-    return total, n
+    totals = mlm_totals(model, batches)
+    return totals["nll"], totals["n"]
 
 
 def mlm_perplexity(model: nn.Module, batches: Iterable[dict]) -> float:

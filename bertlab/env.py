@@ -3,7 +3,8 @@
 Each notebook starts with ``device = bertlab.env.setup()``: it picks the GPU when
 there is one (never required), seeds every generator, and silences library
 warnings that would otherwise land on stderr (nbgrader scores a test cell that
-writes to stderr as 0).
+writes to stderr as 0). :func:`make_accelerator` places training on that device,
+or on every GPU of ``accelerate launch``.
 """
 from __future__ import annotations
 
@@ -72,6 +73,41 @@ def quiet() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # transformers is optional for notebook 00's first cells
         pass
+
+
+def make_accelerator(mixed_precision: str = "auto", device=None):
+    """An ``accelerate.Accelerator`` on ``device`` (default: ``bertlab.env.get_device()``).
+
+    ``mixed_precision="auto"``: bf16 (fp16 where bf16 is missing) on a GPU, none on a CPU.
+    Under ``accelerate launch`` it runs one process per GPU, and each batch of the loader is
+    split among them (``split_batches``): ``TrainConfig.batch_size`` stays the batch of one
+    optimizer step, so the steps, the schedule and the results do not depend on how many
+    processes share the work (the batch size must then be a multiple of their number, and a loader
+    needs a ``batch_size``).
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+
+    device = torch.device(device) if device is not None else get_device()
+    if mixed_precision == "auto":
+        gpu = device.type == "cuda"
+        mixed_precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if gpu else "no"
+    # Accelerate keeps one state per process and refuses an Accelerator with another precision (or device) than
+    # the first one's; a notebook may train with mixed precision and without (notebook 12 does, on a GPU).
+    shared = AcceleratorState._shared_state
+    on_cpu = device.type == "cpu"
+    if shared and (shared.get("_mixed_precision") != mixed_precision or on_cpu != (shared["device"].type == "cpu")):
+        AcceleratorState._reset_state()
+    # The [CLS] head leaves the encoder's pooler unused; DDP must be told, or it waits for its gradients.
+    loaders = DataLoaderConfiguration()
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=on_cpu, dataloader_config=loaders,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    # Split each batch among the processes; on one there is nothing to split (and accelerate would ask
+    # every loader for a batch_size, which a loader of ready-made batches has not).
+    loaders.split_batches = accelerator.num_processes > 1
+    return accelerator
 
 
 def setup(seed: int = 0, device: str | None = None):

@@ -4,9 +4,11 @@
   item, in the dataset's order; :func:`collect_logits` the logits and labels.
 - :func:`evaluate`: the loss and ``metrics_fn(outputs, batch)`` over a dataset;
   :func:`classification_metrics` is the default (accuracy and macro-F1).
+- :func:`eval_mode`: a model in eval mode (no dropout) for a block, then back in its mode.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -31,6 +33,23 @@ def classification_metrics(outputs, batch: dict) -> dict[str, float]:
             "macro_f1": float(f1_score(true, pred, average="macro", zero_division=0))}
 
 
+@contextmanager
+def eval_mode(*models):
+    """Inside the block the ``models`` are in eval mode (no dropout); after it, each is back in the mode it was in.
+
+    The mode is restored even when the block raises. The caller's models are not otherwise
+    changed (no move, no copy). Yields the model (or the tuple of models).
+    """
+    modes = [m.training for m in models]
+    try:
+        for m in models:
+            m.eval()
+        yield models[0] if len(models) == 1 else models
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+
+
 def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -45,6 +64,28 @@ def _cat(chunks: list, fill):
     return torch.cat(chunks)
 
 
+def _pad_across(accelerator, tensors, fill):
+    """Pad dim 1 of each tensor (labels with ``IGNORE_INDEX``) to its longest across processes."""
+    if isinstance(tensors, Mapping):
+        return {k: _pad_across(accelerator, v, IGNORE_INDEX if k == "labels" else fill) for k, v in tensors.items()}
+    return accelerator.pad_across_processes(tensors, dim=1, pad_index=fill) if tensors.dim() >= 2 else tensors
+
+
+def _score(model, batch: dict, keys, device, accelerator) -> tuple:
+    """The model's outputs on one batch, and the batch: gathered from every process when there are several."""
+    batch = {k: v.to(device) for k, v in batch.items()}
+    out = model(**model_inputs(batch, keys))
+    if isinstance(out, Mapping):
+        out = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+    if accelerator is not None and accelerator.num_processes > 1:
+        # Each process holds its own shard of the batch, padded to its own longest item: pad dim 1 to
+        # the longest across processes, then gather; gather_for_metrics drops the copies of items
+        # accelerate adds to even out the last batch, so every item counts once.
+        out, batch = _pad_across(accelerator, out, 0.0), _pad_across(accelerator, batch, 0)
+        out, batch = accelerator.gather_for_metrics((out, batch))
+    return out, batch
+
+
 @torch.no_grad()
 def collect_outputs(model, data: Dataset, *, batch_size: int = 64, accelerator=None,
                     loss_fn: Callable | None = None, progress: bool = False) -> tuple:
@@ -53,6 +94,8 @@ def collect_outputs(model, data: Dataset, *, batch_size: int = 64, accelerator=N
     Items are batched shortest first, so little padding is computed; per-token outputs of
     batches of different lengths are padded (labels with ``IGNORE_INDEX``). With ``loss_fn``
     a third value is returned: the loss averaged over the batches, weighted by their sizes.
+    With an ``accelerator`` running several processes (``accelerate launch``), each scores its
+    shard and the outputs, batches and loss cover every item once, on every process.
     The model is left in the mode it was in. ``progress`` shows a bar when the pass takes
     more than a second (off by default: :func:`bertlab.train.fit` validates with it off).
     Raises ValueError naming ``data`` when it is empty, ``progress`` when it is not a bool.
@@ -63,28 +106,21 @@ def collect_outputs(model, data: Dataset, *, batch_size: int = 64, accelerator=N
         raise ValueError("data is empty: nothing to evaluate")
     if not isinstance(progress, bool):
         raise ValueError(f"progress must be True or False, got {progress!r}")
-    was_training = model.training
-    model.eval()
     order = sorted(range(len(data)), key=data.lengths().__getitem__) if hasattr(data, "lengths") else None
     loader = make_loader(data, batch_size, order=order)
     if accelerator is not None:
         loader = accelerator.prepare(loader)
     device, keys = _model_device(model), forward_keys(accelerator.unwrap_model(model) if accelerator else model)
     outputs, batches, loss_sum = [], [], 0.0
-    # delay: a pass that takes under a second prints nothing
-    for batch in tqdm(loader, desc="outputs", unit="batch", disable=not progress, delay=1.0):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(**model_inputs(batch, keys))
-        if isinstance(out, Mapping):
-            out = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
-        if loss_fn is not None:
-            loss = loss_fn(out, batch)
-            loss_sum += float(loss["loss"] if isinstance(loss, Mapping) else loss) * len(batch["index"])
-        if accelerator is not None:
-            out, batch = accelerator.gather_for_metrics((out, batch))
-        outputs.append({k: v.float().cpu() for k, v in out.items()} if isinstance(out, Mapping) else out.float().cpu())
-        batches.append({k: v.cpu() for k, v in batch.items()})
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in tqdm(loader, desc="outputs", unit="batch", disable=not progress, delay=1.0):  # delay: quiet under 1 s
+            out, batch = _score(model, batch, keys, device, accelerator)
+            if loss_fn is not None:  # on the whole (gathered) batch, weighted by its size
+                loss = loss_fn(out, batch)
+                loss_sum += float(loss["loss"] if isinstance(loss, Mapping) else loss) * len(batch["index"])
+            outputs.append({k: v.float().cpu() for k, v in out.items()} if isinstance(out, Mapping)
+                           else out.float().cpu())
+            batches.append({k: v.cpu() for k, v in batch.items()})
     outputs, batch = _cat(outputs, 0.0), _cat(batches, 0)
     inverse = torch.empty_like(batch["index"])
     inverse[batch["index"]] = torch.arange(len(batch["index"]))

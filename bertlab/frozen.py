@@ -27,6 +27,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from bertlab import args
+from bertlab.evaluation import eval_mode
 from bertlab.model import BertModel, extended_attention_mask, scaled_dot_product_attention
 from bertlab.train import make_loader
 
@@ -127,15 +128,22 @@ def layer_states(bert: BertModel, data, ks: Sequence[int], batch_size: int = 64,
     for i, k in enumerate(ks):
         args.integer(f"ks[{i}]" + (" (with top_keys_values)" if top_keys_values else ""), k, 0, top)
     args.positive_int("batch_size", batch_size)
-    was_training = bert.training
-    bert.eval()
     device = next(bert.parameters()).device
     lengths = data.lengths()
     order = sorted(range(len(data)), key=lengths.__getitem__)  # similar lengths per batch: little padding
     states = {k: [None] * len(data) for k in ks}
     loader = make_loader(data, batch_size, order=order)
     # delay: a call that takes under a second prints nothing
-    for batch in tqdm(loader, desc="frozen states", unit="batch", disable=not progress, delay=1.0):
+    with eval_mode(bert):
+        _record_states(bert, tqdm(loader, desc="frozen states", unit="batch", disable=not progress, delay=1.0),
+                       states, ks, top_keys_values, lengths, device)
+    tasks = getattr(data, "tasks", None)
+    return {k: HiddenStates(s, getattr(data, "labels", None), tasks) for k, s in states.items()}
+
+
+def _record_states(bert, batches, states: dict, ks, top_keys_values: bool, lengths, device) -> None:
+    """Fill ``states[k][i]`` with layer k's output (T_i, H) for every report i of ``batches``."""
+    for batch in batches:
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # (B, T)
         segments = batch["token_type_ids"].to(device) if "token_type_ids" in batch else torch.zeros_like(ids)
         x = bert.embeddings(ids, segments)  # (B, T, H)
@@ -152,9 +160,6 @@ def layer_states(bert: BertModel, data, ks: Sequence[int], batch_size: int = 64,
             out = out.cpu()  # one copy per batch, then one slice per report
             for b, i in enumerate(batch["index"].tolist()):
                 states[k][i] = out[b, :lengths[i]].clone()  # (T_i, H) or (T_i, 3H)
-    bert.train(was_training)
-    tasks = getattr(data, "tasks", None)
-    return {k: HiddenStates(s, getattr(data, "labels", None), tasks) for k, s in states.items()}
 
 
 def frozen_states(bert: BertModel, data, n_frozen: int, batch_size: int = 64, *,

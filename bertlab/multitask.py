@@ -122,7 +122,8 @@ def check_weights(weights: Mapping[str, float] | None, tasks: Sequence[str]) -> 
 
 
 def multitask_loss(logits: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor],
-                   weights: Mapping[str, float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                   weights: Mapping[str, float] | None = None, *,
+                   check: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted multi-task loss ``sum_t w_t * L_t`` and the per-task losses ``{t: L_t}``.
 
     ``logits[t]`` is (B, C_t), ``labels[t]`` (B,) class ids, ``IGNORE_INDEX`` (-100) where the
@@ -132,7 +133,8 @@ def multitask_loss(logits: Mapping[str, torch.Tensor], labels: Mapping[str, torc
     NaN, which ``F.cross_entropy``'s mean gives then) and no gradient. ``weights`` default to 1;
     a task they leave out gets 1. Every logits key needs a labels key and vice versa.
     Raises ValueError naming the argument for an unknown or missing task, shapes that do not
-    fit, a label out of range or a bad weight.
+    fit, a label out of range or a bad weight. ``check=False`` skips the label range check, which
+    reads the labels back from the device (the loop's path: its dataset checked them once).
     """
     if not isinstance(logits, Mapping) or not logits:
         raise ValueError(f"logits must be a non-empty dict {{task: (B, C) tensor}}, got {type(logits).__name__}")
@@ -160,13 +162,14 @@ def multitask_loss(logits: Mapping[str, torch.Tensor], labels: Mapping[str, torc
             got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
             raise ValueError(f"labels[{t!r}] must be an integer tensor of shape ({B},), got {got}")
         C = z.shape[1]
-        bad = (y != IGNORE_INDEX) & ((y < 0) | (y >= C))
-        if bad.any():
-            raise ValueError(f"labels[{t!r}] holds {int(y[bad][0])}, out of range: class ids must be 0..{C - 1} "
-                             f"for {C} classes, or {IGNORE_INDEX} for a report without a label")
-        n = int((y != IGNORE_INDEX).sum())
+        if check:
+            bad = (y != IGNORE_INDEX) & ((y < 0) | (y >= C))
+            if bad.any():
+                raise ValueError(f"labels[{t!r}] holds {int(y[bad][0])}, out of range: class ids must be 0..{C - 1} "
+                                 f"for {C} classes, or {IGNORE_INDEX} for a report without a label")
+        n = (y != IGNORE_INDEX).sum()  # a tensor: its value stays on the device
         # Sum over the labelled reports, then divide by their count: the mean over the labelled ones only.
-        loss = F.cross_entropy(z, y, ignore_index=IGNORE_INDEX, reduction="sum") / max(n, 1)  # 0 when n == 0
+        loss = F.cross_entropy(z, y, ignore_index=IGNORE_INDEX, reduction="sum") / n.clamp(min=1)  # 0 when n == 0
         per_task[t] = loss
         total = w[t] * loss if total is None else total + w[t] * loss
     return total, per_task
@@ -175,7 +178,8 @@ def multitask_loss(logits: Mapping[str, torch.Tensor], labels: Mapping[str, torc
 def batch_loss(outputs: Mapping[str, torch.Tensor], batch: dict, weights: Mapping[str, float] | None = None) -> dict:
     """``loss_fn`` for :func:`bertlab.train.fit`: :func:`multitask_loss` of a model's ``{task: logits}`` against
     the batch's label columns (B, K), in the order of ``outputs``; the per-task losses are logged as parts."""
-    total, per_task = multitask_loss(outputs, split_labels(batch["labels"], list(outputs)), weights)
+    # check=False: no read-back per step; the labels were checked when the dataset was built
+    total, per_task = multitask_loss(outputs, split_labels(batch["labels"], list(outputs)), weights, check=False)
     return {"loss": total, **{f"{t}_loss": loss for t, loss in per_task.items()}}
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, StackDataset
 
 from bertlab import args, plots, train
+from bertlab.evaluation import eval_mode
 from bertlab.model import BertForPreTraining
 from bertlab.pretraining import IGNORE_INDEX, PretrainingCollator, mlm_loss
 
@@ -50,13 +51,61 @@ def pretraining_loss(outputs, batch: dict) -> dict[str, torch.Tensor]:
     (B,), is there only when the batch has them.
     """
     mlm_logits, nsp_logits = outputs if isinstance(outputs, tuple) else (outputs, None)
-    parts = {"mlm_loss": mlm_loss(mlm_logits, batch["mlm_labels"])}
+    parts = {"mlm_loss": mlm_loss(mlm_logits, batch["mlm_labels"], check=False)}  # no read-back per step
     if "nsp_labels" in batch:
         parts["nsp_loss"] = F.cross_entropy(nsp_logits, batch["nsp_labels"])
     return {"loss": sum(parts.values()), **parts}
 
 
+def _mlm_logits(model, batch: dict, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """MLM logits (N, V) at the chosen positions, row-major, and NSP logits (B, 2) (None for a masked LM alone).
+
+    ``model``: a :class:`~bertlab.model.BertForPreTraining` (logits computed at the chosen
+    positions only) or a ``transformers`` masked LM (logits at every position, then selected).
+    """
+    if isinstance(model, BertForPreTraining):
+        return model(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"),
+                     masked_positions=chosen)  # (N, V), (B, 2)
+    kwargs = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
+    out = model(input_ids=batch["input_ids"], **kwargs)
+    logits = out.logits if hasattr(out, "logits") else out[0]  # (B, T, V)
+    return logits[chosen], None  # (N, V)
+
+
 @torch.no_grad()
+def mlm_totals(model, batches: Iterable[dict]) -> dict:
+    """The one MLM evaluation: totals over every masked position of ``batches``, in eval mode.
+
+    ``{"nll": sum of -log p(token), "correct": top-1 hits, "n": positions, "nsp_correct",
+    "nsp_n"}`` (the NSP counts are 0 without ``nsp_labels``). A batch holds ``input_ids``,
+    optionally ``attention_mask`` and ``token_type_ids``, and the labels as ``mlm_labels``
+    (:class:`~bertlab.pretraining.PretrainingCollator`) or ``labels`` (transformers'
+    collator): the original id at a masked position, -100 elsewhere. Runs on the model's
+    device; the model is left in the mode it was in. :func:`evaluate` and
+    :func:`bertlab.domain.mlm_perplexity` are read from these totals.
+    """
+    device = _device_of(model)
+    totals = dict.fromkeys(("nll", "correct", "n", "nsp_correct", "nsp_n"), 0)
+    totals["nll"] = 0.0
+    with eval_mode(model):
+        for i, batch in enumerate(batches):
+            key = "mlm_labels" if "mlm_labels" in batch else "labels"
+            if key not in batch:
+                raise ValueError(f"batches[{i}] has no mlm_labels (or labels): mask it with PretrainingCollator")
+            batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            chosen = batch[key] != IGNORE_INDEX  # (B, T)
+            logits, nsp_logits = _mlm_logits(model, batch, chosen)  # (N, V), (B, 2) or None
+            labels = batch[key][chosen]  # (N,)
+            if labels.numel():
+                totals["nll"] += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+                totals["correct"] += int((logits.argmax(-1) == labels).sum())
+                totals["n"] += labels.numel()
+            if "nsp_labels" in batch and nsp_logits is not None:
+                totals["nsp_correct"] += int((nsp_logits.argmax(-1) == batch["nsp_labels"]).sum())
+                totals["nsp_n"] += batch["nsp_labels"].numel()
+    return totals
+
+
 def evaluate(model, batches: Sequence[dict]) -> dict:
     """MLM loss and accuracy over every masked position of ``batches``, and NSP accuracy.
 
@@ -64,28 +113,12 @@ def evaluate(model, batches: Sequence[dict]) -> dict:
     of per-batch means). ``nsp_acc`` is present when the batches carry ``nsp_labels``.
     The model is left in the mode it was in.
     """
-    was_training = model.training
-    model.eval()
-    device = _device_of(model)
-    loss_sum, correct, n, nsp_correct, nsp_n = 0.0, 0, 0, 0, 0
-    for batch in batches:
-        batch = _to(batch, device)
-        chosen = batch["mlm_labels"] != IGNORE_INDEX  # (B, T)
-        logits, nsp_logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                                   masked_positions=chosen)  # (N, V), (B, 2)
-        labels = batch["mlm_labels"][chosen]  # (N,)
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += int((logits.argmax(-1) == labels).sum())
-        n += labels.numel()
-        if "nsp_labels" in batch:
-            nsp_correct += int((nsp_logits.argmax(-1) == batch["nsp_labels"]).sum())
-            nsp_n += batch["nsp_labels"].numel()
-    model.train(was_training)
-    if n == 0:
+    t = mlm_totals(model, batches)
+    if t["n"] == 0:
         raise ValueError("batches hold no masked position: nothing to evaluate")
-    out = {"mlm_loss": loss_sum / n, "mlm_acc": correct / n}
-    if nsp_n:
-        out["nsp_acc"] = nsp_correct / nsp_n
+    out = {"mlm_loss": t["nll"] / t["n"], "mlm_acc": t["correct"] / t["n"]}
+    if t["nsp_n"]:
+        out["nsp_acc"] = t["nsp_correct"] / t["nsp_n"]
     return out
 
 
@@ -190,7 +223,7 @@ def steps_per_second(model: BertForPreTraining, batches: Sequence[dict], masked_
     if not masked_only:
         batches = [{k: v for k, v in b.items() if k != "masked_positions"} for b in batches]
     # A validation point (without validation) after every step: each history row then holds one
-    # step's training time. train_step reads the loss back to the host, which waits for the GPU.
+    # step's training time. fit reads the loss back to the host there, which waits for the GPU.
     config = train.TrainConfig(lr=lr, max_steps=warmup_steps + n_steps, eval_every=1, patience=None)
     result = train.fit(model, _loader(batches), config=config, loss_fn=pretraining_loss, progress=False)
     times = sorted(r["seconds"] for r in result.history[warmup_steps:])
@@ -206,16 +239,14 @@ def fill_mask(model: BertForPreTraining, tokenizer, texts: Sequence[str], top_k:
     of ``(token, probability)``, most likely first. The model is left in the mode it was in."""
     if isinstance(texts, str):
         texts = [texts]
-    was_training = model.training
-    model.eval()
     enc = tokenizer(list(texts), padding=True, return_tensors="pt", return_token_type_ids=True)
     enc = {k: v.to(_device_of(model)) for k, v in enc.items()}
     where = enc["input_ids"] == tokenizer.mask_token_id  # (B, T)
     if not where.any(dim=1).all():
         raise ValueError(f"every text must contain {tokenizer.mask_token}")
-    logits, _ = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"], masked_positions=where)  # (N, V)
+    with eval_mode(model):
+        logits, _ = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"], masked_positions=where)  # (N, V)
     probs, ids = logits.softmax(-1).topk(top_k, dim=-1)  # (N, k)
-    model.train(was_training)
     out, row = [], 0
     for b in range(len(texts)):
         per_text = []

@@ -86,7 +86,7 @@ def mask_tokens(
     return masked, labels
 
 
-def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor, *, check: bool = True) -> torch.Tensor:
     """Mean cross-entropy over the chosen positions only (labels != -100).
 
     Accepted shapes:
@@ -100,7 +100,10 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     d2l's PyTorch MLM loss (d2l-en issue 2582): multiplying per-token weights
     into an already averaged loss divides by every position, so padding dilutes it.
     Raises ValueError when no position is chosen: a mean over nothing is
-    undefined, and a silent 0 would look like a perfect model.
+    undefined, and a silent 0 would look like a perfect model. ``check=False`` skips the
+    checks that read values back from the device (no position chosen, ids out of range; the
+    loss is then 0 for a batch without a chosen position): the training loop's path, whose
+    batches were masked from token ids the tokenizer made. Shapes are checked either way.
     """
     if not isinstance(logits, torch.Tensor) or not logits.dtype.is_floating_point:
         raise TypeError(f"logits must be a floating point tensor, got {getattr(logits, 'dtype', type(logits).__name__)}")
@@ -111,8 +114,11 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                              f"got {tuple(labels.shape)}")
         logits, labels = logits.reshape(-1, logits.size(-1)), labels.reshape(-1)  # (B*T, V), (B*T,)
     elif logits.dim() == 2:
-        if labels.dim() == 2:
+        if labels.dim() == 2 and check:
             labels = labels[labels != IGNORE_INDEX]  # (N,): the chosen positions, row-major
+        elif labels.dim() == 2:  # the same, without reading their number back from the device: a stable
+            flat = labels.reshape(-1)  # sort puts the chosen positions first, in order, and logits has N rows
+            labels = flat[torch.argsort((flat == IGNORE_INDEX).to(torch.uint8), stable=True)[:logits.shape[0]]]
         if labels.shape != logits.shape[:1]:
             raise ValueError(
                 f"logits (N, V) = {tuple(logits.shape)} need N labels (or a (B, T) labels with N chosen "
@@ -121,12 +127,12 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     else:
         raise ValueError(f"logits must have shape (B, T, V) or (N, V), got {tuple(logits.shape)}")
     chosen = labels != IGNORE_INDEX
-    n = int(chosen.sum())
-    if n == 0:
-        raise ValueError("labels select no position (all are -100): the MLM loss is undefined for this batch")
-    V = logits.size(-1)
-    args.indices("labels other than -100 (token ids)", labels[chosen], V, "the logits' V")
-    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum") / n
+    n = chosen.sum()  # a tensor: its value stays on the device
+    if check:
+        if n == 0:
+            raise ValueError("labels select no position (all are -100): the MLM loss is undefined for this batch")
+        args.indices("labels other than -100 (token ids)", labels[chosen], logits.size(-1), "the logits' V")
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum") / n.clamp(min=1)
 
 
 def nsp_pairs(documents: Sequence[Sequence[str]], n_pairs: int | None = None, seed: int = 0) -> list[tuple[str, str, int]]:

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bertlab import args
 from bertlab.batches import IGNORE_INDEX, LengthGroupedBatches, TextDataset, check_labels, encode, make_loader  # noqa: F401
+from bertlab.env import make_accelerator  # noqa: F401  (notebook 12 calls train.make_accelerator)
 from bertlab.evaluation import classification_metrics, collect_logits, collect_outputs, evaluate, predict_proba  # noqa: F401
 from bertlab.outputs import cross_entropy, forward_keys, logits_of, model_inputs  # noqa: F401
 
@@ -133,14 +134,16 @@ def linear_warmup_scheduler(optimizer, warmup_steps: int, total_steps: int):
 
 
 def train_step(model, batch: dict, optimizer, scheduler, *, loss_fn: Callable = cross_entropy,
-               max_grad_norm: float | None = 1.0, accelerator=None, keys: set[str] | None = None) -> dict[str, float]:
+               max_grad_norm: float | None = 1.0, accelerator=None, keys: set[str] | None = None) -> dict[str, torch.Tensor]:
     """One optimisation step on ``batch``; returns the loss (and any parts ``loss_fn`` reports) before the update.
 
     forward -> ``loss_fn(outputs, batch)`` -> backward -> clip the gradient norm to
     ``max_grad_norm`` (None: no clipping) -> optimizer step -> scheduler step -> zero the
     gradients. ``loss_fn`` returns the loss, or a dict with ``"loss"`` and parts to log
     (e.g. ``mlm_loss``, ``nsp_loss``). With an ``accelerate.Accelerator`` the backward pass
-    and the clipping go through it (mixed precision, several GPUs).
+    and the clipping go through it (mixed precision, several GPUs). The losses come back as
+    0-dim tensors on the model's device, detached: nothing waits for the device here
+    (``float(out["loss"])`` reads one back; :func:`fit` reads them once per ``log_every`` steps).
     """
     model.train()
     out = loss_fn(model(**model_inputs(batch, keys if keys is not None else forward_keys(model))), batch)
@@ -154,10 +157,7 @@ def train_step(model, batch: dict, optimizer, scheduler, *, loss_fn: Callable = 
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     parts = out.items() if isinstance(out, Mapping) else [("loss", loss)]
-    return {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in parts}  # one host copy per step
-
-
-# ---------------------------------------------------------------- evaluation
+    return {k: v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v)) for k, v in parts}
 
 
 # ---------------------------------------------------------------- the loop
@@ -181,6 +181,7 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "auto"      # auto: bf16 (or fp16) on a GPU, none on a CPU
     eval_batch_size: int = 64
+    log_every: int = 10                # read the step losses back from the device (bar, result.steps) every this many steps
     group_by_length: bool = True       # batches of similar length: dynamic padding then pads little
     # Speed-up, opt-in: train only the word-embedding rows the training texts use (bertlab.vocab).
     # The same updates (unused rows are only spared weight decay) without the dense gradient,
@@ -191,7 +192,7 @@ class TrainConfig:
     def __post_init__(self):
         args.number("lr", self.lr, low=0, low_open=True)
         args.optional(args.number, "head_lr", self.head_lr, low=0, low_open=True)
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
             args.positive_int(name, getattr(self, name))
         for name in ("max_steps", "eval_every", "patience"):
             args.optional(args.positive_int, name, getattr(self, name))
@@ -250,33 +251,6 @@ class TrainResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def make_accelerator(mixed_precision: str = "auto", device=None):
-    """An ``accelerate.Accelerator`` on ``device`` (default: ``bertlab.env.get_device()``).
-
-    ``mixed_precision="auto"``: bf16 (fp16 where bf16 is missing) on a GPU, none on a CPU.
-    Under ``accelerate launch`` it runs one process per GPU.
-    """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    from bertlab import env
-
-    device = torch.device(device) if device is not None else env.get_device()
-    if mixed_precision == "auto":
-        gpu = device.type == "cuda"
-        mixed_precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if gpu else "no"
-    # Accelerate keeps one state per process and refuses an Accelerator with another precision (or device) than
-    # the first one's; a notebook may train with mixed precision and without (notebook 12 does, on a GPU).
-    shared = AcceleratorState._shared_state
-    on_cpu = device.type == "cpu"
-    if shared and (shared.get("_mixed_precision") != mixed_precision or on_cpu != (shared["device"].type == "cpu")):
-        AcceleratorState._reset_state()
-    # The [CLS] head leaves the encoder's pooler unused; DDP must be told, or it waits for its gradients.
-    return Accelerator(mixed_precision=mixed_precision, cpu=on_cpu,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
 class _Validation:
@@ -346,6 +320,8 @@ def fit(model: nn.Module, train: Dataset | DataLoader, validation: Dataset | Cal
     grouped = config.group_by_length and hasattr(train, "lengths")
     loader = train if isinstance(train, DataLoader) else make_loader(train, config.batch_size, shuffle=True,
                                                                      seed=config.seed, group_by_length=grouped)
+    if accelerator.num_processes > 1 and isinstance(loader.batch_sampler, LengthGroupedBatches):
+        loader.batch_sampler.partial_last = True  # accelerate splits a short batch only at the end of an epoch
     total = config.max_steps or config.epochs * len(loader)
     keys = forward_keys(model)  # the batch entries the model takes; the rest are targets for the loss
     with vocab.only_used_rows_trainable(model, train.input_ids) if config.used_embedding_rows_only else nullcontext():
@@ -354,26 +330,33 @@ def fit(model: nn.Module, train: Dataset | DataLoader, validation: Dataset | Cal
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
         validate = None if validation is None else _Validation(validation, config, loss_fn, metrics_fn, checkpoint, accelerator)
         result = TrainResult()
+        log = partial(_log_losses, accelerator)
         bar = tqdm(total=total, desc="training", unit="step", disable=not progress or not accelerator.is_main_process)
-        step, seen, since, start = 0, 0, [], time.perf_counter()
+        step, seen, since, pending, start = 0, 0, [], [], time.perf_counter()
         while step < total and not result.stopped_early:
             epoch = step // len(loader) + 1
             for batch in loader:
                 lr = scheduler.get_last_lr()[0]
                 losses = train_step(model, batch, optimizer, scheduler, loss_fn=loss_fn,
                                     max_grad_norm=config.max_grad_norm, accelerator=accelerator, keys=keys)
-                step, n = step + 1, len(next(iter(batch.values())))  # examples in the batch
-                seen, since = seen + n, since + [(n, losses)]
-                result.steps.append({"step": step, "epoch": epoch, **losses, "lr": lr})
+                step, n = step + 1, len(next(iter(batch.values()))) * accelerator.num_processes  # examples in the batch
+                row = {"step": step, "epoch": epoch, **dict.fromkeys(losses), "lr": lr}  # losses: filled in by log()
+                seen, since, pending = seen + n, since + [(n, row)], pending + [(row, losses)]
+                result.steps.append(row)
                 bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{losses['loss']:.3f}", lr=f"{lr:.1e}")
-                if step == total or (step % config.eval_every == 0 if config.eval_every else step % len(loader) == 0):
+                validating = step == total or (step % config.eval_every == 0 if config.eval_every
+                                               else step % len(loader) == 0)
+                if validating or step % config.log_every == 0:
+                    log(pending)
+                    bar.set_postfix(epoch=epoch, loss=f"{row['loss']:.3f}", lr=f"{lr:.1e}")
+                    pending = []
+                if validating:
                     result.seconds += time.perf_counter() - start  # training time: validation excluded
                     result.examples_per_second = seen / result.seconds
                     n_since = sum(n for n, _ in since)  # the training losses since the last validation, per example
                     row = {"epoch": epoch, "step": step, "lr": lr,
                            "seconds": result.seconds - sum(r["seconds"] for r in result.history),
-                           **{f"train_{k}": sum(n * s[k] for n, s in since) / n_since for k in since[0][1]}}
+                           **{f"train_{k}": sum(n * s[k] for n, s in since) / n_since for k in losses}}
                     since = []
                     if validate is not None:
                         validate(model, result, row)
@@ -385,6 +368,7 @@ def fit(model: nn.Module, train: Dataset | DataLoader, validation: Dataset | Cal
                     start = time.perf_counter()
                 if step == total or result.stopped_early:
                     break
+        log(pending)
         bar.close()
     model = accelerator.unwrap_model(model)
     if validate is not None and validate.best_state is not None:
@@ -395,6 +379,22 @@ def fit(model: nn.Module, train: Dataset | DataLoader, validation: Dataset | Cal
         accelerator.free_memory()  # drop its references so GPU memory is released (on a CPU: a slow gc.collect)
     model.eval()
     return result
+
+
+def _log_losses(accelerator, pending: list[tuple[dict, dict]]) -> None:
+    """Fill each step row of ``pending`` with its losses, averaged over the processes.
+
+    The one place the loop waits for the device: one copy to the host for all the steps
+    since the last log (as nanoGPT's loop, once per log interval), not one per step.
+    """
+    if not pending:
+        return
+    names, device = list(pending[0][1]), pending[0][1]["loss"].device
+    values = torch.stack([torch.stack([losses[k].to(device, torch.float32) for k in names]) for _, losses in pending])
+    if accelerator.num_processes > 1:
+        values = accelerator.reduce(values, "mean")  # (steps, parts): each process trained on its part of the batch
+    for (row, _), v in zip(pending, values.tolist()):
+        row.update(zip(names, v))
 
 
 def _check_fit(model, train, validation, config) -> TrainConfig:
