@@ -71,3 +71,33 @@ def expect(claim: str, holds: bool, measured: str = "") -> bool:
 def expect_between(what: str, value: float, low: float, high: float, fmt: str = ".3f") -> bool:
     """:func:`expect` that ``low <= value <= high``, e.g. ``expect_between("test macro-F1", f1, 0.84, 0.90)``."""
     return expect(f"{what} between {low:{fmt}} and {high:{fmt}}", low <= value <= high, f"measured {value:{fmt}}")
+
+
+# ---------------------------------------------------------------- the learner's code, used downstream
+_PASSED: dict[str, object] = {}  # name -> the function object whose visible test passed
+
+
+class NotReady(RuntimeError):
+    """A learner's function that a cell needs has not passed its visible test. Jupyter shows the
+    one-line message, not a traceback (IPython's ``_render_traceback_`` hook)."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
+
+
+def mark_passed(*functions) -> None:
+    """Record, at the end of a test cell's visible tests, that these functions passed them."""
+    for f in functions:
+        _PASSED[f.__name__] = f
+
+
+def needs(*functions) -> None:
+    """Stop the cell with one line (:class:`NotReady`) unless each of these learner's functions, as
+    defined now, passed its visible test: a later cell that runs the learner's code on the lesson's
+    data says "fix `align_labels` first" instead of failing somewhere inside the library."""
+    for f in functions:
+        name = getattr(f, "__name__", None)
+        if not callable(f) or name is None:
+            raise TypeError(f"needs() takes the learner's functions, got {f!r}")
+        if _PASSED.get(name) is not f:
+            raise NotReady(f"fix `{name}` first: its test above fails (or has not run since `{name}` was defined)")

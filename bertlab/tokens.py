@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import collections
 import re
-import string
-from typing import Sequence
+import unicodedata
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -68,8 +68,12 @@ def bio_to_spans(tags: Sequence[str]) -> list[tuple[int, int, str]]:
     return spans
 
 
-def decode_entities(tag_ids: Sequence[int], offsets: Sequence, word_ids: Sequence, names: Sequence[str]) -> set:
-    """Character spans (start, end, type) of the tags predicted on each word's first WordPiece."""
+def decode_entities(tag_ids: Sequence[int], offsets: Sequence, word_ids: Sequence, names: Sequence[str], *,
+                    bio_to_spans: Callable[[list[str]], Sequence] = bio_to_spans) -> set:
+    """Character spans (start, end, type) of the tags predicted on each word's first WordPiece.
+
+    ``bio_to_spans`` reads the word tags as (first, last + 1, type) entities (notebook 10 passes the
+    learner's)."""
     firsts, word_end, previous = [], {}, None
     for k, word in enumerate(word_ids):
         if word is None:
@@ -185,15 +189,17 @@ def best_span(start_logits, end_logits, context_mask, max_answer_len: int = 20) 
 
 
 def answer(windows: Sequence[dict], start_logits: Sequence, end_logits: Sequence, context: str, *,
-           max_answer_len: int = 20, threshold: float = 0.0) -> tuple[str, float]:
+           max_answer_len: int = 20, threshold: float = 0.0,
+           best_span: Callable[..., tuple[int, int, float]] = best_span) -> tuple[str, float]:
     """The answer text across ``windows`` ("" for no answer) and the margin null - best.
 
-    The best span of every window competes on its score; the null score is the lowest [CLS]
-    score of the windows. No answer when null - best > ``threshold``."""
+    The best span of every window (``best_span(start_logits, end_logits, context_mask,
+    max_answer_len)``, 1-D tensors; notebook 10 passes the learner's) competes on its score; the
+    null score is the lowest [CLS] score of the windows. No answer when null - best > ``threshold``."""
     best, null = (0, 0, float("-inf"), None), float("inf")
     for w, s, e in zip(windows, start_logits, end_logits):
-        mask = [o is not None for o in w["offsets"]]
-        i, j, score = best_span(s[:len(mask)], e[:len(mask)], mask, max_answer_len)
+        mask = torch.tensor([o is not None for o in w["offsets"]])  # (T,) the report's tokens
+        i, j, score = best_span(torch.as_tensor(s[:len(mask)]), torch.as_tensor(e[:len(mask)]), mask, max_answer_len)
         null = min(null, float(s[0] + e[0]))
         if score > best[2]:
             best = (i, j, score, w)
@@ -207,8 +213,12 @@ def answer(windows: Sequence[dict], start_logits: Sequence, end_logits: Sequence
 
 
 def normalize_answer(s: str) -> str:
-    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
-    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
+    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces.
+
+    Punctuation is every character Unicode classes as punctuation or a symbol (category P* or S*):
+    all of SQuAD's ``string.punctuation``, and the degree sign the reports write ("125°C" and
+    "125C" are one answer), which ``string.punctuation`` lacks. Letters such as µ stay."""
+    s = "".join(ch for ch in s.lower() if unicodedata.category(ch)[0] not in "PS")
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
 
 
@@ -229,15 +239,18 @@ def token_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def qa_scores(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> dict:
+def qa_scores(predictions: Sequence[str], golds: Sequence[Sequence[str]], *,
+              normalize_answer: Callable[[str], str] = normalize_answer,
+              token_f1: Callable[[str, str], float] = token_f1) -> dict:
     """EM and F1 (max over each question's gold answers; [] = unanswerable), in percent, for the
-    answerable questions, the unanswerable ones and all, with their counts."""
+    answerable questions, the unanswerable ones and all, with their counts. ``normalize_answer`` and
+    ``token_f1`` define EM and F1 (notebook 10 passes the learner's)."""
     if len(predictions) != len(golds):
         raise ValueError(f"predictions has {len(predictions)} answers but golds has {len(golds)}")
     rows = collections.defaultdict(list)
     for p, g in zip(predictions, golds):
         g = list(g) or [""]
-        row = (max(exact_match(p, x) for x in g), max(token_f1(p, x) for x in g))
+        row = (max(float(normalize_answer(p) == normalize_answer(x)) for x in g), max(token_f1(p, x) for x in g))
         rows["answerable" if g != [""] else "unanswerable"].append(row)
         rows["overall"].append(row)
     return {k: {"n": len(v), "em": 100 * sum(r[0] for r in v) / len(v), "f1": 100 * sum(r[1] for r in v) / len(v)}

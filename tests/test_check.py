@@ -27,3 +27,22 @@ def test_expect_only_reports_in_grading_mode(monkeypatch, capsys):
     monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
     assert check.expect("a claim", False, "tiny run") is False
     assert "grading mode, reduced run: not checked: a claim (tiny run)" in capsys.readouterr().out
+
+
+def test_needs_stops_with_one_line_until_the_visible_test_passed():
+    def align_labels():
+        return 1
+
+    with pytest.raises(check.NotReady, match=r"fix `align_labels` first: its test above fails") as err:
+        check.needs(align_labels)
+    assert err.value._render_traceback_() == [f"NotReady: {err.value}"]  # one line in Jupyter, no traceback
+    check.mark_passed(align_labels)
+    check.needs(align_labels)  # passes now
+
+    def align_labels():  # redefined after its test ran: the test must run again
+        return 2
+
+    with pytest.raises(check.NotReady):
+        check.needs(align_labels)
+    with pytest.raises(TypeError, match="learner's functions"):
+        check.needs("align_labels")

@@ -170,6 +170,9 @@ def test_answer_picks_the_best_window_and_applies_the_null_threshold():
     ("", "", 1.0, 1.0),                       # a right "no answer"
     ("VDDQ", "", 0.0, 0.0),
     ("a", "", 1.0, 1.0),                      # only an article: normalises to nothing
+    ("125°C", "125C", 1.0, 1.0),              # the degree sign is a symbol (string.punctuation lacks it)
+    ("±5 mV", "5 mV", 1.0, 1.0),
+    ("3 µs", "3 s", 0.0, 0.5),                # µ is a letter: it stays
 ])
 def test_squad_metrics(pred, gold, em, f1):
     assert tokens.exact_match(pred, gold) == em
@@ -183,6 +186,30 @@ def test_qa_scores_split_answerable_and_not():
     assert s["overall"]["em"] == pytest.approx(200 / 3)
     with pytest.raises(ValueError, match="golds"):
         tokens.qa_scores(["a"], [])
+
+
+def test_the_pipelines_take_the_learners_pieces():
+    # notebook 10 passes the learner's functions: each one given is the one used
+    calls = []
+
+    def spans(tags):
+        calls.append(list(tags))
+        return []
+
+    assert tokens.decode_entities([1, 2], [(0, 4), (5, 9)], [0, 1], NAMES, bio_to_spans=spans) == set()
+    assert calls == [[NAMES[1], NAMES[2]]]
+    wins = [{"offsets": [None, (0, 4), (5, 11), None]}]
+    s = e = [torch.tensor([0.0, 1.0, 0.0, 0.0])]
+    seen = []
+
+    def last_token(start_logits, end_logits, context_mask, max_answer_len):
+        seen.append(context_mask)
+        return 2, 2, 5.0
+
+    assert tokens.answer(wins, s, e, "VDDQ failed", best_span=last_token, threshold=10.0) == ("failed", 0.0 - 5.0)
+    assert seen[0].dtype == torch.bool and seen[0].tolist() == [False, True, True, False]  # a bool tensor mask
+    upper = tokens.qa_scores(["VDDQ"], [["vddq"]], normalize_answer=str, token_f1=lambda p, g: float(p == g))
+    assert upper["overall"] == {"n": 1, "em": 0.0, "f1": 0.0}  # case kept by the normaliser given
 
 
 def _tiny_encoder():

@@ -45,6 +45,8 @@ MUTANTS = {
         "labels not resampled": edit((DIFF, "diffs[k] = metric(y_true, pred_a[idx]) - metric(y_true, pred_b[idx])")),
         # a fresh generator: the same seed gives another interval
         "seed ignored": edit(("rng = np.random.default_rng(seed)", "rng = np.random.default_rng()")),
+        # the high end of the draw taken as inclusive: the last report is never drawn
+        "never draws the last report": edit((DRAW, "idx = rng.integers(0, n - 1, size=n)")),
         # b - a
         "sign reversed": edit((DIFF, "diffs[k] = metric(y_true[idx], pred_b[idx]) - metric(y_true[idx], pred_a[idx])"),
                               (WHOLE, "return float(metric(y_true, pred_b) - metric(y_true, pred_a)), float(low), float(high)")),

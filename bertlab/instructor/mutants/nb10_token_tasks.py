@@ -5,7 +5,8 @@ FIRST_PIECE = "        if word is None or word == previous:\n"
 HIT = "hit = next((s for s in spans if s[0] <= start < s[1]), None)"
 CONTINUE = '        if tag.startswith("I-") and kind == tag[2:]:\n'
 VALID = "valid = (j >= i) & (j - i < max_answer_len) & m.unsqueeze(1) & m.unsqueeze(0)  # (T, T)"
-PUNCT = '    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))\n'
+PUNCT = '    s = "".join(ch for ch in s.lower() if unicodedata.category(ch)[0] not in "PS")\n'
+IMPORTS = "import collections\nimport unicodedata\n"
 ARTICLES = '    return " ".join(re.sub(r"\\b(a|an|the)\\b", " ", s).split())\n'
 COMMON = "    common = sum((collections.Counter(p) & collections.Counter(g)).values())\n"
 
@@ -37,6 +38,10 @@ MUTANTS = {
         "drops the last entity": edit(('enumerate(list(tags) + ["O"])', "enumerate(list(tags))")),
         # B- after B- of the same type continues the entity
         "B- continues an entity of its type": edit((CONTINUE, '        if tag[2:] == kind and tag != "O":\n')),
+        # a sentinel appended to the caller's list: the caller's tags gain an "O" at every call
+        "appends to the caller's list": edit(('    for i, tag in enumerate(list(tags) + ["O"]):\n',
+                                              '    tags.append("O")  # closes the last entity\n'
+                                              '    for i, tag in enumerate(tags):\n')),
     },
     "best_span": {
         # start and end chosen independently: the end can come before the start
@@ -55,9 +60,14 @@ MUTANTS = {
     },
     "squad_metrics": {
         # EM without normalisation: the case and the articles count
-        "no lower case": edit((PUNCT, '    s = "".join(ch for ch in s if ch not in set(string.punctuation))\n')),
+        "no lower case": edit((PUNCT, '    s = "".join(ch for ch in s if unicodedata.category(ch)[0] not in "PS")\n')),
         "articles kept": edit((ARTICLES, '    return " ".join(s.split())\n')),
         "punctuation kept": edit((PUNCT, "    s = s.lower()\n")),
+        # SQuAD's script verbatim: string.punctuation lacks the degree sign the reports write ("125°C" vs "125C")
+        "string.punctuation only": edit((IMPORTS, "import collections\nimport string\n"),
+                                        (PUNCT, '    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))\n')),
+        # a punctuation class typed by hand: misses the °, /, #, _ and % the reports hold
+        "hand-typed punctuation class": edit((PUNCT, '    s = re.sub(r"[.,;:!?\'()\\-]", "", s.lower())\n')),
         # tokens as a set: a repeated token counted once
         "sets instead of bags": edit((COMMON, "    common = len(set(p) & set(g))\n")),
         # two empty answers score 0: a right "no answer" is not rewarded
@@ -120,12 +130,11 @@ ALTERNATIVES = {
 ''',
     },
     "squad_metrics": {
-        "translate table and Counter arithmetic": '''import collections
-import string
+        "a regex for the symbols and Counter arithmetic": '''import collections
 
 
 def normalize_answer(s):
-    s = s.lower().translate(str.maketrans("", "", string.punctuation))
+    s = re.sub(r"[^\\w\\s]|_", "", s.lower())  # not a letter, digit or space; _ is a \\w but punctuation
     return " ".join(w for w in s.split() if w not in ("a", "an", "the"))
 
 

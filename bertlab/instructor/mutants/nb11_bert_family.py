@@ -20,6 +20,12 @@ MUTANTS = {
         "mlm_probability ignored": edit(("mlm_probability=mlm_probability, generator=g", "mlm_probability=0.15, generator=g")),
         # torch's global generator: masks change with whatever ran before, not reproducible for a seed
         "global random state": edit(("generator=g))", "generator=None))")),
+        # a generator per epoch seeded with seed + epoch: run 7's epoch 1 is run 8's epoch 0
+        "per-epoch seed collides across runs": edit((GEN, ""), (LOOP, "    for epoch in range(epochs):\n"
+                                                                  "        g = torch.Generator().manual_seed(seed + epoch)\n")),
+        # a generator per epoch seeded with the epoch: every run draws the same masks
+        "per-epoch seed is the epoch": edit((GEN, ""), (LOOP, "    for epoch in range(epochs):\n"
+                                                              "        g = torch.Generator().manual_seed(epoch)\n")),
         # an off-by-one: one epoch short
         "one epoch short": edit(("range(epochs)", "range(epochs - 1)")),
     },
@@ -53,6 +59,12 @@ MUTANTS = {
         "labels not shuffled": edit(("    rng.shuffle(labels)\n", "")),
         # pairs in document order
         "pairs not shuffled": edit(("    rng.shuffle(positions)\n", "")),
+        # labels alternate along the shuffled list: balanced, but each label follows from the one before
+        "labels alternate along the list": edit((BALANCED, "    labels = [k % 2 for k in range(len(positions))]\n")),
+        # the label from the pair's place in its document: every first pair in order
+        "label from the place in the document": edit((APPEND, "pairs.append((a, b, 0) if i % 2 == 0 else (b, a, 1))")),
+        # the label from the document: every pair of a document in order or every pair swapped
+        "label from the document": edit((APPEND, "pairs.append((a, b, 0) if d % 2 == 0 else (b, a, 1))")),
         # an off-by-one: the last pair of every document dropped
         "last pair dropped": edit(("range(len(doc) - 1)", "range(len(doc) - 2)")),
     },
