@@ -84,6 +84,8 @@ class ClassRun:
     workers: int = 1  # grading workers (each its own copy of the course)
     grade_seconds: float = 0.0  # wall time of autograde and feedback, all workers
     accomplice_calls: int = 0  # connections the accomplice of hostile-network got (the network is cut: 0)
+    cache_changed: list[str] = field(default_factory=list)  # files of the model cache the class changed (none)
+    package_changed: list[str] = field(default_factory=list)  # files of the bertlab package it changed (none)
 
     def submission(self, student: str, assignment: str) -> Submission:
         return next(s for s in self.submissions if s.student == student and s.assignment == assignment)

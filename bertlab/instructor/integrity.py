@@ -26,8 +26,8 @@ read the answer key from the grader's disk, write next to the gradebook or into 
    error ran whole and unchanged, else gives it 0 and a note;
 5. gives the kernel **a private model cache** over the course's one, read-only: ``$BERTLAB_CACHE``
    a folder of its own, ``$BERTLAB_CACHE_BASE`` the course's (:mod:`bertlab.cache`); the sandbox
-   binds the course's read-only; without it a change to the course's cache (its files' size,
-   time, inode) zeroes the submission.
+   binds the course's read-only, the guard refuses writes into it, and a change to its files (size,
+   times, inode) during a submission is a warning in the grading log.
 
 The sandbox (:mod:`bertlab.instructor.sandbox`) works from outside the kernel. docs/instructors.md
 ("What grading defends against, and how") says what each closes and what it does not.
@@ -283,11 +283,22 @@ def _kernel_guard(path):  # noqa: C901 (one closure: its state stays out of the 
     for k, kind, source in spec["cells"]:
         fname = get_file_name(source)
         tree = ip.compile.ast_parse(ip.transform_cell(source), filename=fname)
-        codes = []
+        codes, stores = [], []
         for node in tree.body:
             with ip.compile.extra_flags(flags):
                 codes.append(ip.compile(ast.Module([node], []), fname, "exec"))
-        expected[fname] = (k, kind, codes)
+            stores.append(frozenset(
+                [n.id for n in ast.walk(node) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)]
+                + [(a.asname or a.name).split(".")[0] for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))
+                   for a in n.names]
+                + [n.name for n in ast.walk(node) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]))
+        names = set()
+        todo = list(codes)
+        while todo:
+            c = todo.pop()
+            names.update(c.co_names)
+            todo += [x for x in c.co_consts if isinstance(x, types.CodeType)]
+        expected[fname] = (k, kind, codes, stores, frozenset(names))
     learner_files = frozenset(get_file_name(s) for s in spec["learner"])
 
     # the package's copies of this notebook's answers: a first line that calls the hook, which
@@ -323,7 +334,13 @@ def _kernel_guard(path):  # noqa: C901 (one closure: its state stays out of the 
             triggers[id(lam)] = f"{fn.__module__}.{fn.__qualname__}"
             guarded.update((id(new), id(lam)))
 
-    state = {"k": None, "pos": 0, "fname": None, "notes": [], "seq": 0, "mac": b""}
+    answer_names = frozenset(n.rsplit(".", 1)[-1] for n in triggers.values())
+    user_ns = ip.user_ns
+    cell_dir = os.path.dirname(get_file_name("")) + os.sep
+    base = spec.get("cache_base")
+    base = os.path.realpath(base) + os.sep if base else None
+    getcwd, fspath = os.getcwd, os.fspath
+    state = {"k": None, "pos": 0, "fname": None, "notes": [], "seq": 0, "mac": b"", "seen": {}}
     busy = set()
     run_code = InteractiveShell.run_code.__code__
     getframe, current_frames, get_ident = sys._getframe, sys._current_frames, threading.get_ident
@@ -331,6 +348,10 @@ def _kernel_guard(path):  # noqa: C901 (one closure: its state stays out of the 
     sha256, write = hashlib.sha256, os.write
     FunctionType, CodeType = types.FunctionType, types.CodeType
     MISSING = object()
+    #: audit events that write files, and how many of their first arguments are paths
+    WRITES = {"open": 1, "os.rename": 2, "os.replace": 2, "os.remove": 1, "os.rmdir": 1, "os.truncate": 1,
+              "os.link": 2, "os.symlink": 2, "os.chmod": 1, "os.chown": 1, "os.utime": 1, "os.mkdir": 1,
+              "shutil.copyfile": 2, "shutil.move": 2, "shutil.rmtree": 1}
     KERNEL_SET = ("input", "_", "__", "___")  # builtins ipykernel and IPython set at each execution
     REFUSED = {"gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys.settrace", "sys.setprofile",
                "ctypes.string_at", "ctypes.wstring_at", "ctypes.cdata", "ctypes.cdata/buffer", "ctypes.addressof",
@@ -365,7 +386,8 @@ def _kernel_guard(path):  # noqa: C901 (one closure: its state stays out of the 
         for live, snap in lists:
             if len(live) != len(snap) or any(a is not b for a, b in zip(live, snap)):
                 live[:] = snap
-                changed.append("an IPython or import hook")
+                if "an IPython or import hook" not in changed:
+                    changed.append("an IPython or import hook")
         for k, v in msnap.items():
             if smods.get(k, MISSING) is not v:
                 smods[k] = v
@@ -403,11 +425,46 @@ def _kernel_guard(path):  # noqa: C901 (one closure: its state stays out of the 
                 f = f.f_back
         return False
 
+    def in_base(path):
+        """Whether ``path`` (str, bytes or path-like; relative to the working folder) is in the course's cache."""
+        try:
+            path = fspath(path)
+        except TypeError:
+            return False
+        if type(path) is bytes:
+            path = path.decode(errors="replace")
+        if type(path) is not str:
+            return False
+        if not path.startswith("/"):
+            path = getcwd() + "/" + path
+        parts = []
+        for part in path.split("/"):
+            if part == "..":
+                if parts:
+                    parts.pop()
+            elif part and part != ".":
+                parts.append(part)
+        path = "/" + "/".join(parts) + "/"
+        return path.startswith(base)
+
+    def bound_elsewhere(fname):
+        """The exercises with a package copy that this test cell uses, bound to something that is not a
+        function of a notebook cell (the package's copy itself, a partial of it...)."""
+        bad = []
+        for n in expected[fname][4] & answer_names:
+            obj = user_ns.get(n, MISSING)
+            if obj is MISSING:
+                continue
+            if type(obj) is not FunctionType or not obj.__code__.co_filename.startswith(cell_dir) \
+                    or id(obj.__code__) in guarded:
+                bad.append(n)
+        return bad
+
     def on_exec(code):
         fname = getattr(code, "co_filename", None)
         if fname not in expected:
             return
-        k, kind, codes = expected[fname]
+        k, kind, codes, stores, used = expected[fname]
         caller = getframe(2)  # the hook, on_exec, then IPython's run_code
         ok = caller is not None and caller.f_code is run_code
         if kind == "reset":
@@ -418,14 +475,29 @@ def _kernel_guard(path):  # noqa: C901 (one closure: its state stays out of the 
         if state["fname"] != fname:
             state["fname"], state["pos"], state["k"], state["notes"] = fname, 0, k, []
         pos = state["pos"]
-        if not ok or pos >= len(codes) or not same(code, codes[pos]):
+        if pos > len(codes):  # already found changed
+            return
+        if not ok or pos == len(codes) or not same(code, codes[pos]):
             proof(k, "bad", ["its code was changed before it ran"])
             state["pos"] = len(codes) + 1
             return
-        if pos:
+        if pos == 0:
+            bad = bound_elsewhere(fname)
+            if bad:
+                proof(k, "bad", [f"{', '.join(bad)}: not a function of a notebook cell (the package's copy?)"])
+        else:
             changed = restore()
+            seen = state["seen"]  # the test's own names, changed by what its last statement called
+            for n in used:
+                if n in seen and user_ns.get(n, MISSING) is not seen[n] and n not in stores[pos - 1]:
+                    if seen[n] is MISSING:
+                        user_ns.pop(n, None)
+                    else:
+                        user_ns[n] = seen[n]
+                    changed.append(n)
             if changed:
                 state["notes"].append("restored while it ran: " + ",".join(changed[:8]))
+        state["seen"] = {n: user_ns.get(n, MISSING) for n in used}
         state["pos"] = pos + 1
         if pos + 1 == len(codes):
             proof(k, "ok", state["notes"])
@@ -447,6 +519,15 @@ def _kernel_guard(path):  # noqa: C901 (one closure: its state stays out of the 
                                            "your code cannot call it; write the exercise yourself")
             elif event in REFUSED:
                 raise RuntimeError(f"{event} is not allowed while grading")
+            elif base is not None and event in WRITES and (
+                    event != "open" or len(args) > 1 and args[1] is not None and type(args[1]) is str
+                    and any(c in args[1] for c in "wax+") or len(args) > 2 and type(args[2]) is int and args[2] & 0o3
+                    ) and any(in_base(a) for a in args[:WRITES[event]]):
+                raise PermissionError(f"the course's model cache is read-only while grading ({event})")
+            elif event == "code.__new__" and len(args) > 1 and type(args[1]) is str and (
+                    args[1].startswith(cell_dir) or args[1].startswith(package_dir)):
+                raise RuntimeError("making code that claims to come from a notebook cell or the package is not "
+                                   "allowed while grading")
             elif event == "function.__new__" and id(args[0]) in guarded:
                 raise RuntimeError("copying a guarded function is not allowed while grading")
             elif event == "object.__setattr__" and len(args) > 2 and args[1] == "__code__" and (
@@ -653,6 +734,7 @@ class GuardedExecute(Execute):
             solutions = [c.source for c in (instructor_nb.cells if instructor_nb is not None else nb.cells)
                          if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("solution")]
             spec = {"key": key.hex(), "proof": str(proof_file.resolve()), "cells": guarded, "learner": learner,
+                    "cache_base": str(cache.cache_dir()),
                     "modules": list(PROTECTED) + _imported_modules(instructor or [c.source for c in nb.cells]),
                     "answers": _defined_functions(solutions)}
             key_file.write_text(json.dumps(spec))
@@ -673,8 +755,11 @@ class GuardedExecute(Execute):
                 f.unlink(missing_ok=True)
             shutil.rmtree(self._private_cache, ignore_errors=True)
         after = cache_signature(base)
-        cache_changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-        self._judge(nb, findings, proofs, student, cache_changed)
+        changed = sorted(k for k in before if after.get(k) != before[k])
+        if changed:  # the sandbox and the guard keep a kernel from it: another program, or a hole to look at
+            self.log.warning("Integrity: the course's model cache changed while %s was graded (by this submission, "
+                             "if nothing else writes there): %s", student, ", ".join(changed[:10]))
+        self._judge(nb, findings, proofs, student)
         return nb, resources
 
     def _prune(self, folder: Path, info: dict, student: str) -> None:
@@ -708,7 +793,7 @@ class GuardedExecute(Execute):
                 return nb
         return None
 
-    def _judge(self, nb, findings, proofs, student, cache_changed=()):
+    def _judge(self, nb, findings, proofs, student):
         first = min((f.cell for f in findings), default=None)
         tests = [(k, cell) for k, cell in enumerate(nb.cells) if nbgrader_utils.is_grade(cell) and cell.cell_type == "code"]
         for _, k in proofs.get("broken", []):
@@ -721,17 +806,12 @@ class GuardedExecute(Execute):
                                         for line in out.get("traceback", [])]
             errored = any(o.get("output_type") == "error" for o in cell.outputs)
             lines = proofs.get(str(j), [])
-            for status, notes in lines:
+            for status, notes in lines:  # what a learner's code (or a library) changed: restored, not judged
                 if status in ("reset", "ok") and notes != "-":
-                    self.log.warning("Integrity: %s: test cell %s: the guard %s %s", student, gid,
-                                     "restored before it:" if status == "reset" else "noted:", notes.replace("|", "; "))
-            bad = [notes for status, notes in lines if status == "bad"]
-            if cache_changed:
-                _zero(cell, "0 points: the submission changed the course's model cache "
-                            f"({', '.join(cache_changed[:5])}); an instructor must review it")
-                self.log.warning("Integrity: %s: test cell %s zeroed (the model cache changed: %s)", student, gid,
-                                 ", ".join(cache_changed[:5]))
-            elif first is not None and k > first:
+                    self.log.info("Guard: %s: test cell %s: %s %s", student, gid,
+                                  "restored before it:" if status == "reset" else "noted:", notes.replace("|", "; "))
+            bad = list(dict.fromkeys(notes for status, notes in lines if status == "bad"))
+            if first is not None and k > first:
                 why = "; ".join(str(f) for f in findings if f.cell < k)
                 _zero(cell, f"0 points: the submission tampers with grading ({why}); an instructor must review it")
                 self.log.warning("Integrity: %s: test cell %s zeroed (tampering found before it)", student, gid)
