@@ -42,12 +42,10 @@ hostile-write      a correct answer, but writes a file next to the gradebook (ou
                    folder)
 =================  ==========================================================================
 
-Every hostile student must get 0 for the exercise it cheats on and a flag (a
-``GradingIntegrityError`` output) in that test cell; no honest student is ever flagged.
-
-The students who go for the machine instead (the network, memory, disk, processes), written past the scan
-so that only the sandbox stops them, are in :mod:`bertlab.instructor.attacks`
-(:data:`RESOURCE_SCENARIOS`): 0 for the last exercise, the others graded.
+Every hostile student must get 0 for the exercise it cheats on and a flag (a ``GradingIntegrityError``
+output) in that test cell; no honest student is ever flagged. :mod:`bertlab.instructor.attacks` has the
+students who go for the machine (:data:`RESOURCE_SCENARIOS`: network, memory, disk, processes; 0 for
+the last exercise) and those of the routes of issue 37 (``ROUTES``).
 
 Expected scores come from the test cells' points in the solution notebook: a test cell
 earns its points when every exercise up to and including its own is correct, else 0 (tests
@@ -60,33 +58,21 @@ import json
 from dataclasses import dataclass, field
 
 from bertlab.instructor import attacks
-from bertlab.instructor.attacks import RESOURCE_SCENARIOS
+from bertlab.instructor.attacks import (  # noqa: F401  (the route students' names, as grading and the tests use them)
+    CANARY,
+    HONEST_LIBRARIES,
+    PACKAGE_ANSWERS,
+    RESOURCE_SCENARIOS,
+    ROUTE_SCENARIOS,
+    ROUTES,
+)
 
 SCENARIOS = ("perfect", "blank", "partial", "syntax-error", "exception", "infinite-loop",
              "deleted-test", "edited-test", "stderr-warnings", "out-of-order")
 
 HOSTILE_SCENARIOS = ("hostile-helpers", "hostile-transformer", "hostile-builtins", "hostile-equal",
                      "hostile-answer-key", "hostile-write")
-#: The hostile students of the routes the scan and the sandbox did not close (issue 37; docs/instructors.md,
-#: "What grading defends against, and how"), by route. Each hands in a wrong answer (or the package's
-#: copy of the answer) and a trick written past the scan; each must get 0 for the exercise it attacks.
-ROUTES = {
-    "package": ("package-alias", "package-call", "package-when-graded", "package-thread", "package-partial"),
-    "beside": ("beside-module", "beside-package", "beside-shadow"),
-    "guard": ("guard-rebind", "guard-transformer", "guard-gc", "guard-trace"),
-    "rebind": ("rebind-check", "rebind-torch", "rebind-during-test"),
-    "cache": ("cache-overwrite", "cache-replace", "cache-new-entry"),
-}
-ROUTE_SCENARIOS = tuple(s for v in ROUTES.values() for s in v)
-#: Honest students beside them, who must keep full marks: an answer that imports numpy, torch and scikit-learn.
-HONEST_LIBRARIES = "honest-libraries"
-#: The exercises whose answer the bertlab package also holds, handed in by the "package" students:
-#: assignment -> (exercise, the name the notebook imports the package's module as, that module)
-PACKAGE_ANSWERS = {"05-baselines": ("stratified_budget", "baselines", "bertlab.baselines")}
 ALL_SCENARIOS = SCENARIOS + HOSTILE_SCENARIOS + RESOURCE_SCENARIOS + ROUTE_SCENARIOS + (HONEST_LIBRARIES,)
-#: The files of the model cache the "cache" students go for (a real one would go for every entry;
-#: these stay inside what the simulated class puts there): ``canary-ASSIGNMENT-*``
-CANARY = "canary-{assignment}-"
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"
@@ -107,8 +93,7 @@ VISIBLE_ONLY: dict[str, dict[str, str]] = {
     },
 }
 
-#: A wrong answer (the body of the solution region) per assignment and exercise, handed in by the
-#: hostile students together with their trick.
+#: A wrong answer (the body of the solution region) per assignment and exercise, handed in by the hostile students.
 WRONG: dict[str, dict[str, str]] = {
     "00-welcome": {"mean_pool": "return torch.zeros(last_hidden_state.shape[0], last_hidden_state.shape[-1])"},
 }
@@ -157,92 +142,6 @@ for _up in _pl.Path.cwd().parents:
     if (_up / "gradebook.db").exists():
         (_up / "hostile-was-here.txt").write_text("written by a submission during grading")""",
 }
-#: The tricks of the ROUTES students on the last exercise ({exercise}), after its wrong answer.
-_CHECK_NOOP = "lambda *args, **kwargs: None"
-ROUTE_TRICKS = {
-    "beside-module": "import helpers  # handed in beside the notebook: on import, the tests' helpers never fail",
-    "beside-package": "import tools  # a package handed in beside the notebook: on import, the helpers never fail",
-    "beside-shadow": "",  # the notebook's own `import seaborn` loads the seaborn.py handed in beside it
-    "guard-rebind": f"""\
-_bertlab_guard_reset = lambda: None  # the learner's trick: the old guard's name, rebound
-import importlib as _il
-_chk = _il.import_module("bertlab.check")
-vars(_chk)["assert_close"] = vars(_chk)["assert_shape"] = {_CHECK_NOOP}""",
-    "guard-transformer": """\
-def _skip(lines):  # the learner's trick, past the scan: guard lines and asserts become `pass`
-    return ["pass\\n" if ("assert" in line or "guard" in line) else line for line in lines]
-getattr(get_ipython(), "input_" + "transformers_post").append(_skip)""",
-    "guard-gc": """\
-import importlib as _il  # the learner's trick: find the guard's state among all objects and disarm it
-for _o in _il.import_module("g" + "c").get_objects():
-    if isinstance(_o, dict) and "seq" in _o and "mac" in _o:
-        _o["seq"] = -1""",
-    "guard-trace": """\
-import importlib as _il, linecache as _lc  # the learner's trick: a tracer that jumps over every assert line
-def _tracer(frame, event, arg):
-    if event == "line" and _lc.getline(frame.f_code.co_filename, frame.f_lineno).lstrip().startswith("assert"):
-        try:
-            frame.f_lineno += 1
-        except ValueError:
-            pass
-    return _tracer
-_il.import_module("s" + "ys").settrace(_tracer)""",
-    "rebind-check": f"""\
-import importlib as _il  # the learner's trick: the tests' helpers replaced without an assignment
-vars(_il.import_module("bertlab.check")).update(assert_close={_CHECK_NOOP}, assert_shape={_CHECK_NOOP})""",
-    "rebind-torch": """\
-import importlib as _il  # the learner's trick: torch's comparison, rebound in torch's own namespace
-_torch = _il.import_module("torch")
-_true = lambda a, b, **kwargs: _torch.ones_like(_torch.as_tensor(a), dtype=_torch.bool)
-vars(_torch).update(isclose=_true, allclose=lambda *args, **kwargs: True)""",
-    "rebind-during-test": f"""\
-_wrong_{{exercise}} = {{exercise}}
-def {{exercise}}(*args, **kwargs):  # the learner's trick: while the test runs, its helpers become no-ops
-    _ns = get_ipython().user_ns
-    _ns["assert_close"] = _ns["assert_shape"] = {_CHECK_NOOP}
-    return _wrong_{{exercise}}(*args, **kwargs)""",
-    "cache-overwrite": """\
-import importlib as _il, os as _os, pathlib as _pl  # the learner's trick: the cached models zeroed in place
-_base = _pl.Path(_os.environ.get("BERTLAB_CACHE_BASE") or _il.import_module("bertlab.cache").cache_dir())
-for _p in sorted(_base.glob("{canary}*")):
-    with _il.import_module("io").open(_p, "r" + "+b") as _f:
-        _f.write(bytes(_p.stat().st_size))""",
-    "cache-replace": """\
-import importlib as _il, os as _os, pathlib as _pl  # the learner's trick: a cached model replaced by another
-_cache = _il.import_module("bertlab.cache")
-_base = _pl.Path(_os.environ.get("BERTLAB_CACHE_BASE") or _cache.cache_dir())
-for _p in sorted(_base.glob("{canary}*")):
-    _cache.save_state({{"w": torch.zeros(1)}}, _p)""",
-    "cache-new-entry": """\
-import importlib as _il, os as _os, pathlib as _pl  # the learner's trick: a new entry in the course's cache
-_base = _pl.Path(_os.environ.get("BERTLAB_CACHE_BASE") or _il.import_module("bertlab.cache").cache_dir())
-for _p in sorted(_base.glob("{canary}*"))[:1]:
-    _il.import_module("shu" + "til").copyfile(_p, _base / (_p.name + ".new"))""",
-}
-#: What the "beside" students hand in next to the notebook: on import, the helpers the tests use never fail.
-_BESIDE = f"""import bertlab.check as _c
-_c.assert_close = _c.assert_shape = {_CHECK_NOOP}
-"""
-BESIDE_FILES = {"beside-module": {"helpers.py": _BESIDE}, "beside-package": {"tools/__init__.py": _BESIDE},
-                "beside-shadow": {"seaborn.py": _BESIDE}}
-#: The "package" students' answers (the exercise's function), by scenario: {name} the exercise,
-#: {module} the name the notebook imports the package's module as, {dotted} that module.
-PACKAGE_TRICKS = {
-    "package-alias": "from {dotted} import {name}  # the learner's answer: the package's copy",
-    "package-call": "def {name}(*args, **kwargs):  # the learner's answer calls the package's copy\n"
-                    "    return {module}.{name}(*args, **kwargs)",
-    "package-when-graded": "import importlib as _il, os as _os\n\n\n"
-                           "def {name}(*args, **kwargs):  # the package's copy, only when graded\n"
-                           "    if _os.environ.get('NBGRADER_EXECUTION'):\n"
-                           "        return getattr(_il.import_module('{dotted}'), '{name}')(*args, **kwargs)\n"
-                           "    return []",
-    "package-thread": "from concurrent.futures import ThreadPoolExecutor as _Pool\n\n\n"
-                      "def {name}(*args, **kwargs):  # the package's copy, called from another thread\n"
-                      "    with _Pool(1) as pool:\n"
-                      "        return pool.submit(getattr({module}, '{name}'), *args, **kwargs).result()",
-    "package-partial": "import functools as _ft\n{name} = _ft.partial(getattr({module}, '{name}'))  # the package's copy",
-}
-
 #: The file hostile-write leaves in the course root when nothing stops it.
 HOSTILE_FILE = "hostile-was-here.txt"
 
@@ -483,34 +382,23 @@ def fabricate(assignment: str, solution_nb, released_nb, scenarios=SCENARIOS, po
             edit[ex[last]] += "\n\n" + TRICKS[s].format(exercise=ex[last], assignment=assignment)
             nb, exp = build(edit), lay.score(broken_last)
             note = "hostile: 0 and flagged"
-        elif s in ROUTES["package"] or s == HONEST_LIBRARIES:
-            if assignment not in PACKAGE_ANSWERS:
-                raise ValueError(f"{s}: no PACKAGE_ANSWERS entry for {assignment}")
-            name, module, dotted = PACKAGE_ANSWERS[assignment]
+        elif s in ROUTES["package"] or s == HONEST_LIBRARIES:  # 0 for the exercise the package also holds
+            name = attacks.package_exercise(assignment)
             edit = solved(all_ids)
-            if s == HONEST_LIBRARIES:  # honest: the solution, with numpy, torch and scikit-learn imported in the cell
-                edit[name] = ("import numpy as np\nimport torch\nfrom sklearn.model_selection import train_test_split  "
-                              "# imported by an honest learner\n\n" + edit[name])
-                note = "honest: libraries imported, full marks"
-            else:
-                edit[name] = PACKAGE_TRICKS[s].format(name=name, module=module, dotted=dotted)
-                note = "the package's copy of the answer: 0 for that exercise"
-            nb = build(edit)
-            exp = lay.score(full)
+            edit[name] = attacks.package_answer(s, assignment, edit[name])
+            nb, exp = build(edit), lay.score(full)
             if s != HONEST_LIBRARIES:
-                at = ex.index(name)
-                exp.update({t.grade_id: 0.0 for t in lay.tests if t.exercise == at})
+                exp.update({t.grade_id: 0.0 for t in lay.tests if t.exercise == ex.index(name)})
+            note = "honest: libraries imported" if s == HONEST_LIBRARIES else "the package's copy: 0 for that exercise"
         elif s in ROUTE_SCENARIOS:
-            wrong = WRONG.get(assignment, {}).get(ex[last])
-            if wrong is None:
-                raise ValueError(f"{s}: no WRONG answer registered for {assignment}/{ex[last]}")
+            wrong = WRONG[assignment][ex[last]]  # KeyError: register a WRONG answer for the notebook
             edit = solved(all_ids)
             edit[ex[last]] = fill(sol[ex[last]].source, lambda body, indent: _indented(wrong, indent))
-            trick = ROUTE_TRICKS[s].format(exercise=ex[last], canary=CANARY.format(assignment=assignment))
+            trick = attacks.ROUTE_TRICKS[s].format(exercise=ex[last], canary=CANARY.format(assignment=assignment))
             edit[ex[last]] += "\n\n" + trick if trick else ""
             nb, exp = build(edit), lay.score(broken_last)
             note = "hostile (issue 37): 0 for the exercise"
-            subs.append(Submission(s, assignment, nb, exp, note, files=dict(BESIDE_FILES.get(s, {}))))
+            subs.append(Submission(s, assignment, nb, exp, note, files=dict(attacks.BESIDE_FILES.get(s, {}))))
             continue
         elif s in RESOURCE_SCENARIOS:
             edit = solved(all_ids)
