@@ -8,6 +8,8 @@ import pytest
 
 from bertlab.data import (
     ACTIONS,
+    ALL_FABS,
+    CAPSTONE_FAB,
     CAUSE_GIVEN_TYPE,
     ENTITY_LABELS,
     ENTITY_ROLES,
@@ -328,3 +330,33 @@ def test_entity_roles_follow_the_slot_they_filled():
         for e in r.entities:
             if e.label == "DOMAIN" and e.role == "ruled_out":
                 assert r.ruled_out, "a ruled-out domain in a report that rules nothing out"
+
+
+def test_capstone_fab_has_its_own_style_mix_and_noise():
+    """Fab F (notebook 14): not among the course's fabs, deterministic, its own wording, action mix
+    and annotator; adding it changed no report of A-E (test_entity_roles_left_every_report_unchanged)."""
+    assert CAPSTONE_FAB == "F" and CAPSTONE_FAB not in FABS and ALL_FABS == FABS + ("F",)
+    f = generate_reports(3000, "F", seed=3)
+    assert f == generate_reports(3000, "F", seed=3) and f != generate_reports(3000, "F", seed=4)
+    assert make_splits("F", 50, 10, 20, seed=1) == make_splits("F", 50, 10, 20, seed=1)
+    assert all(" | " in r.text and r.text.startswith("CQ-") for r in f), "F writes tickets: fields between ' | '"
+    assert not any(" | " in r.text for fab in FABS for r in generate_reports(300, fab))
+    # its own annotator: noisier than A-E's, on every task
+    for task in TASKS:
+        rate = np.mean([getattr(r, task) != getattr(r, "clean_" + task) for r in f])
+        assert abs(rate - FAB_STYLES["F"].label_noise) < 0.015 and rate > LABEL_NOISE_RATE + 0.01, (task, rate)
+    # its own policy and mix: every customer return that is not low (and no test-setup error) escalates,
+    # so escalate is F's most frequent action, which it is in no other fab but D
+    for r in f:
+        assert r.clean_action == action_of(r.clean_severity, r.clean_root_cause, r.stage, "F")
+        if r.stage == "customer_return" and r.clean_severity != "low" and r.clean_root_cause != "test_setup_error":
+            assert r.clean_action == "escalate", r
+    mix = collections.Counter(r.clean_action for r in f)
+    assert mix.most_common(1)[0][0] == "escalate" and mix["escalate"] > 0.35 * len(f)
+    for fab in ("A", "B", "C", "E"):
+        assert collections.Counter(r.clean_action for r in generate_reports(1500, fab)).most_common(1)[0][0] != "escalate"
+    # no jargon of A-E: a phrase only one of them uses never appears in F
+    jargon = {p for pool in lx.PHENOMENA.values() for fab in FABS for p in pool.get(fab, []) if len(p) > 8}
+    core = {p for pool in lx.PHENOMENA.values() for p in pool.get("core", []) + pool.get("heldout", [])}
+    text = " ".join(r.text for r in f[:500])
+    assert not [p for p in jargon - core if f" {p} " in text and not any(p in c for c in core)][:1]

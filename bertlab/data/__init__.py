@@ -6,7 +6,8 @@ measures what it produces (docs/data-card.md).
 
 Generative story (one report)
 -----------------------------
-1. The fab (A-E, see ``bertlab/data/fabs.py``) draws the **failure type** from
+1. The fab (A-E, and F for the capstone: ``CAPSTONE_FAB``, not in ``FABS``;
+   see ``bertlab/data/fabs.py``) draws the **failure type** from
    its own label mix.
 2. The **root cause** is drawn from P(cause | failure type) (``CAUSE_GIVEN_TYPE``,
    reweighted by the fab's ``cause_tilt``). It is spread on purpose: latch-up
@@ -25,7 +26,8 @@ Generative story (one report)
    rest; medium severity adjusts ``TUNABLE`` causes, monitors ``AGING`` ones
    and debugs the others; low severity adjusts tunable causes and monitors the
    rest. Fab D (automotive) escalates where others debug, and replaces only
-   customer returns.
+   customer returns; fab F (the capstone's) escalates every customer return
+   that is not low.
 6. The text: a header (device, wafer, die, stage, test conditions), maybe the
    fallout; the primary phenomenon, 0-2 **secondary** phenomena it caused
    and 0-2 **ruled-out** ones (drawn from related types, ``AFFINITY``), in
@@ -47,7 +49,8 @@ one counts.
 
 Annotator noise
 ---------------
-With probability ``LABEL_NOISE_RATE`` (5%) per report and task, the label is
+With probability ``LABEL_NOISE_RATE`` (5%; a fab's ``label_noise``, 8% in
+the capstone's fab F) per report and task, the label is
 replaced by a plausible wrong one: a secondary phenomenon's type (else a
 related type), an adjacent severity, another cause of the same type, a
 neighbouring action. ``clean_*`` fields keep the labels the text was written
@@ -67,6 +70,8 @@ from .corpus import domain_corpus
 from .fabs import FAB_STYLES
 from .reports import (
     ACTIONS,
+    ALL_FABS,
+    CAPSTONE_FAB,
     AFFINITY,
     AGING,
     CAUSE_DISTRACTOR_RATE,
@@ -103,7 +108,7 @@ from .reports import (
 )
 
 __all__ = [
-    "FABS", "FAILURE_TYPES", "SEVERITIES", "ROOT_CAUSES", "ACTIONS", "ENTITY_LABELS", "ENTITY_ROLES", "LABELS", "STAGES",
+    "FABS", "CAPSTONE_FAB", "ALL_FABS", "FAILURE_TYPES", "SEVERITIES", "ROOT_CAUSES", "ACTIONS", "ENTITY_LABELS", "ENTITY_ROLES", "LABELS", "STAGES",
     "SPLITS", "LABEL_NOISE_RATE", "HELDOUT_RATE", "MEASURE_RATE", "CAUSE_DISTRACTOR_RATE",
     "CAUSE_GIVEN_TYPE", "TYPE_SEVERITY", "CAUSE_SEVERITY", "STAGE_SEVERITY", "IMPACT_SEVERITY",
     "SEVERITY_CUTS", "DAMAGE", "TUNABLE", "AGING", "AFFINITY", "FAB_STYLES",

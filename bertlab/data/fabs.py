@@ -1,4 +1,6 @@
-"""The five fabs: each one's label mix, writing style and report complexity.
+"""The fabs: each one's label mix, writing style and report complexity.
+
+A-E are the course's fabs; F is the capstone's (notebook 14), which no earlier notebook shows.
 
 Pure data, read by ``reports.py``; the generative story is in the package
 docstring (``bertlab/data/__init__.py``).
@@ -29,6 +31,8 @@ class FabStyle:
     n_filler: tuple         # weights for 0, 1, 2 filler sentences
     formats: dict           # value kind -> list of format strings
     ids: dict               # device / wafer / die -> format string
+    label_noise: float = 0.05   # P(an annotator's label differs from the clean one), per task and report
+    separator: str = " "        # between the report's sentences
 
 
 _TYPES = ("voltage_degradation", "current_spike", "frequency_instability", "power_anomaly",
@@ -104,5 +108,23 @@ FAB_STYLES = {
         formats={"v": ["{:.2f}v", "{:.2f}V"], "mv": ["{:d}mv"], "i": ["{:d}ma", "{:d}mA"], "f": ["{:.1f}ghz"],
                  "tc": ["{:d} deg", "{:d}c"], "ps": ["{:d}ps", "{:d} ps"], "us": ["{:d}us"]},
         ids={"dev": "dut{:04d}", "wafer": "w{:02d}", "die": "({},{})"},
+    ),
+    # The capstone's fab: a foundry's customer-quality desk. Tickets in the shared core wording
+    # (none of A-E's jargon), fields separated by " | ", mV and MHz; many customer returns and
+    # lot-wide fallout (more escalations and replacements), few tickets state the next step,
+    # and a noisier annotator than A-E.
+    "F": FabStyle(
+        name="F", description="foundry customer-quality desk; tickets in plain shared wording, fields separated "
+                              "by ' | ', mV and MHz, few state the next step, noisier labels",
+        type_mix=_mix(12, 14, 8, 16, 10, 8, 10, 22),
+        cause_tilt={"particle_contamination": 1.4, "esd_damage": 1.4, "process_variation": 1.3},
+        stage_mix={"wafer_sort": 1, "final_test": 2, "burn_in": 1, "qualification": 2, "customer_return": 4},
+        impact_mix={"single": 3, "few": 2, "lot": 3},
+        n_secondary=(5, 4, 1), n_ruled_out=(3, 5, 2), own=0.0, typo=0.01, p_action=0.2,
+        p_cause_name=(5, 3, 2), p_impact=0.5, n_filler=(8, 2, 0),
+        formats={"v": ["{mv:d} mV"], "mv": ["{:d} mV"], "i": ["{:d} mA"], "f": ["{mhz:d} MHz"], "tc": ["{:d} degC"],
+                 "ps": ["{:d} ps"], "us": ["{:d} us"]},
+        ids={"dev": "CQ-{:04d}", "wafer": "WF{:02d}", "die": "[{},{}]"},
+        label_noise=0.08, separator=" | ",
     ),
 }

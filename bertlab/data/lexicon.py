@@ -4,7 +4,8 @@ Pure data, no logic. Every pool is a dict with the keys
 
 - ``"core"``: wording every fab uses,
 - ``"A"`` .. ``"E"``: that fab's own jargon (a model trained on one fab has
-  never seen the others'),
+  never seen the others'); the capstone's fab F has none (core wording only)
+  except its names of the test stages,
 - ``"heldout"``: paraphrases that only the validation and test splits use.
 
 Slots in frames (``{p}``, ``{dom}``, ...) are filled by ``reports.py``.
@@ -244,15 +245,16 @@ ADJUST_PHRASES = {
 # Test stages, as each fab names them.
 STAGES = {
     "wafer_sort": {"A": ["wafer sort", "sort"], "B": ["wafer-level probe"], "C": ["CP", "WS"],
-                   "D": ["wafer-level test"], "E": ["wafer test", "probe"]},
+                   "D": ["wafer-level test"], "E": ["wafer test", "probe"], "F": ["wafer probe"]},
     "final_test": {"A": ["final test", "FT"], "B": ["final package test"], "C": ["FT"],
-                   "D": ["final test"], "E": ["final test", "ft"]},
+                   "D": ["final test"], "E": ["final test", "ft"], "F": ["final test"]},
     "burn_in": {"A": ["burn-in", "HTOL"], "B": ["burn-in"], "C": ["BI", "HTOL"],
-                "D": ["HTOL", "life test"], "E": ["burn in"]},
+                "D": ["HTOL", "life test"], "E": ["burn in"], "F": ["burn-in"]},
     "qualification": {"A": ["qual"], "B": ["reliability qualification"], "C": ["QUAL"],
-                      "D": ["AEC-Q100 qualification"], "E": ["qualification"]},
+                      "D": ["AEC-Q100 qualification"], "E": ["qualification"], "F": ["customer qualification"]},
     "customer_return": {"A": ["customer return", "RMA"], "B": ["a customer return"], "C": ["RMA", "FR"],
-                        "D": ["customer return analysis"], "E": ["customer return", "rma"]},
+                        "D": ["customer return analysis"], "E": ["customer return", "rma"],
+                        "F": ["a customer complaint", "RMA"]},
 }
 
 POWER_DOMAINS = ("VDD_CORE", "VDD_SRAM", "VDDIO", "AVDD_PLL", "VDD_GPU", "VDD_SOC", "VDD_AON", "VDDQ", "VCCINT")

@@ -18,6 +18,9 @@ from . import lexicon as lx
 from .fabs import FAB_STYLES
 
 FABS = ("A", "B", "C", "D", "E")
+#: The capstone's fab (notebook 14): not in FABS, so nothing before the capstone shows it.
+CAPSTONE_FAB = "F"
+ALL_FABS = FABS + (CAPSTONE_FAB,)
 FAILURE_TYPES = ("voltage_degradation", "current_spike", "frequency_instability", "power_anomaly",
                  "temperature_issue", "timing_violation", "signal_integrity", "manufacturing_defect")
 SEVERITIES = ("low", "medium", "high")
@@ -32,7 +35,8 @@ STAGES = tuple(lx.STAGES)
 SPLITS = ("train", "validation", "test")
 LABELS = {"failure_type": FAILURE_TYPES, "severity": SEVERITIES, "root_cause": ROOT_CAUSES, "action": ACTIONS}
 
-#: Chance that an annotator's label differs from the clean label, per task and report.
+#: Chance that an annotator's label differs from the clean label, per task and report, in fabs A-E
+#: (each fab's ``label_noise``; the capstone's fab F has its own).
 LABEL_NOISE_RATE = 0.05
 #: Chance that a phrase or frame comes from the held-out paraphrases (validation/test only).
 HELDOUT_RATE = 0.15
@@ -118,6 +122,8 @@ def action_of(severity: str, root_cause: str, stage: str, fab: str) -> str:
     """The clean recommended action: each fab's disposition policy."""
     if root_cause == "test_setup_error":
         return "ignore" if severity == "low" else "monitor"
+    if fab == "F" and stage == "customer_return" and severity != "low":
+        return "escalate"      # the foundry (F) escalates every customer return it must answer for
     if severity == "high":
         if root_cause in DAMAGE and (fab != "D" or stage == "customer_return"):
             return "replace"   # automotive (D) only replaces what a customer returned
@@ -518,7 +524,7 @@ class _Writer:
             phrases = lx.ADJUST_PHRASES.get(cause, lx.ACTION_PHRASES[act]) if act == "adjust" else lx.ACTION_PHRASES[act]
             tail.append(say(lx.ACTION, a=self._choice(phrases)))
 
-        raw = " ".join(head + body + tail)
+        raw = st.separator.join(head + body + tail)
         if st.typo:
             raw = self.typos(raw)
         text, ents = _resolve(raw, lower=self.lower)
@@ -526,7 +532,7 @@ class _Writer:
         clean = (ftype, sev, cause, act)
         labels, noisy = list(clean), []
         for j, task in enumerate(LABELS):
-            if rand() < LABEL_NOISE_RATE:
+            if rand() < st.label_noise:
                 labels[j] = self._confuse(task, clean, secondary)
                 noisy.append(task)
         return FailureReport(
@@ -601,7 +607,7 @@ def generate_reports(n: int, fab: str = "A", seed: int = 0, split: str = "train"
     for deduplicated train/validation/test sets.
     """
     _check_int("n", n)
-    _check_choice("fab", fab, FABS)
+    _check_choice("fab", fab, ALL_FABS)
     _check_int("seed", seed)
     _check_choice("split", split, SPLITS)
     with _no_gc():
@@ -640,7 +646,7 @@ def make_splits(fab: str = "A", n_train: int = 3000, n_val: int = 500, n_test: i
     ``n_val``; a smaller ``n_train`` gives a prefix of a larger one. Only
     validation and test use held-out paraphrases.
     """
-    _check_choice("fab", fab, FABS)
+    _check_choice("fab", fab, ALL_FABS)
     for name, v in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test), ("seed", seed)):
         _check_int(name, v)
     with _no_gc():
