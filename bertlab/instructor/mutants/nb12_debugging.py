@@ -86,7 +86,7 @@ MUTANTS = {
         "norm after clipping": edit((CLIP, CLIP.replace("norm = ", "") + "            norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters() if p.grad is not None))\n")),
         # the mean of per-batch accuracies: a short last batch counts as much as a full one
         "mean of batch accuracies": edit(("    correct = 0\n", "    correct = []\n"),
-                                         (CORRECT, '            correct.append((logits.argmax(-1) == batch["labels"]).float().mean().item())\n'),
+                                         (CORRECT, '            correct.append((logits.argmax(-1) == batch["labels"]).sum().item() / len(batch["labels"]))\n'),
                                          (ACCURACY, '    history["test_accuracy"] = float(np.mean(correct))\n')),
         # the learning rate recorded after the scheduler stepped: one step ahead
         "lrs one step ahead": edit(("            history[\"lrs\"].append(scheduler.get_last_lr()[0])\n", ""),
