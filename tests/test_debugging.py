@@ -42,6 +42,40 @@ def test_loss_at_init_restores_the_mode():
     assert model.training
 
 
+class FixedLogits(nn.Module):
+    """Logits that give the true class probability p: the cross-entropy is exactly -ln p."""
+
+    def __init__(self, labels, num_labels, p):
+        super().__init__()
+        logits = torch.full((len(labels), num_labels), math.log((1 - p) / (num_labels - 1)))
+        logits[torch.arange(len(labels)), labels] = math.log(p)
+        self.register_buffer("logits", logits)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.logits[: len(input_ids)]
+
+
+@pytest.mark.parametrize("num_labels, shift, ok", [(8, 0.4, True), (8, -0.4, True), (2, 0.2, False), (100, 1.0, True),
+                                                   (100, 1.3, False)])
+def test_loss_at_init_band_is_relative_to_ln_c(num_labels, shift, ok):
+    # ln 8 = 2.08: 0.4 off is inside 25% of it (an absolute band of 0.25 would fail it); ln 2 = 0.69: 0.2 off is
+    # outside (an absolute band would pass it); ln 100 = 4.61: 1.0 inside, 1.3 outside.
+    b = batch(labels=num_labels)
+    model = FixedLogits(b["labels"], num_labels, math.exp(-(math.log(num_labels) + shift)))
+    verdict = debugging.loss_at_init(model, b, num_labels)
+    assert verdict.ok is ok and abs(verdict.value - (math.log(num_labels) + shift)) < 1e-5, verdict
+
+
+def test_gradient_flow_runs_in_train_mode_where_a_dropout_of_1_cuts_every_gradient():
+    # p = 1 (a keep-probability where a drop-probability belongs) zeroes the head's input in training only:
+    # a backward pass in eval mode would see every gradient.
+    model, b = tiny().eval(), batch()
+    model.dropout.p = 1.0
+    verdict = debugging.gradient_flow(model, b)
+    assert not verdict.ok and verdict.value > 10 and "all zero" in verdict.detail, verdict
+    assert not model.training, "the mode is restored"
+
+
 def test_overfit_one_batch_passes_a_working_model_and_fails_frozen_or_shuffled_labels():
     model, b = tiny(), batch()
     before = copy.deepcopy(model.state_dict())

@@ -11,6 +11,11 @@ ZERO_FIRST = """    model.zero_grad(set_to_none=True)
 """
 
 ZERO = "            optimizer.zero_grad()\n"
+GROUPS = "train.param_groups(model, 0.01, head_lr=head_lr), lr=lr)"
+CLIP = "            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n"
+CORRECT = '            correct += (logits.argmax(-1) == batch["labels"]).sum().item()\n'
+ACCURACY = '    history["test_accuracy"] = correct / len(test)\n'
+
 MASK = 'logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])  # (B, C)'
 SCHED = "    scheduler = train.linear_warmup_scheduler(optimizer, round(warmup_ratio * total), total)\n"
 EVAL_MODE = "    model.eval()\n    test = "
@@ -40,6 +45,10 @@ MUTANTS = {
         "no NaN check": edit((GRAD_BAD, "(p.grad is None or not p.grad.any())")),
         # old gradients are not cleared, so a cut-off parameter still shows a gradient
         "stale gradients": edit((ZERO_FIRST, "    model.train()\n")),
+        # an absolute band: too strict for many classes, too loose for two
+        "absolute tolerance": edit(("ok = abs(loss - expected) <= rtol * expected", "ok = abs(loss - expected) <= rtol")),
+        # the backward pass in eval mode: dropout off, so a bug that only training sees does not show
+        "backward in eval mode": edit((ZERO_FIRST, "    model.zero_grad(set_to_none=True)\n    model.eval()\n")),
         # the checkpoint's unused pooler is flagged on a working model
         "pooler not skipped": edit(('p.requires_grad and not name.startswith("encoder.pooler.")', "p.requires_grad")),
     },
@@ -61,7 +70,24 @@ MUTANTS = {
         "texts and labels sorted apart": edit(("    data = train.encode(tokenizer, train_texts, train_labels,",
                                                "    data = train.encode(tokenizer, sorted(train_texts, key=len), sorted(train_labels),")),
         # the lr the broken function hard-coded
-        "learning rate hard-coded": edit(("train.param_groups(model, 0.01), lr=lr)", "train.param_groups(model, 0.01), lr=1e-3)")),
+        "learning rate hard-coded": edit((GROUPS, "train.param_groups(model, 0.01, head_lr=head_lr), lr=1e-3)")),
+        # one learning rate for the encoder and the new head
+        "head_lr ignored": edit((GROUPS, "train.param_groups(model, 0.01), lr=lr)")),
+        # AdamW's weight decay on every parameter, biases and LayerNorm weights included
+        "decays biases and LayerNorm": edit((GROUPS, """[
+        {"params": [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("classifier.")]},
+        {"params": [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("classifier.")], "lr": head_lr},
+    ], lr=lr, weight_decay=0.01)""")),
+        # the warm-up length from one epoch's steps, not the whole run's
+        "warm-up over one epoch": edit(("round(warmup_ratio * total), total)", "round(warmup_ratio * len(loader)), total)")),
+        # the warm-up length counted in reports, not in steps
+        "warm-up over the reports": edit(("round(warmup_ratio * total), total)", "min(total, round(warmup_ratio * len(train_texts))), total)")),
+        # the gradient norm read after clipping: never above the threshold
+        "norm after clipping": edit((CLIP, CLIP.replace("norm = ", "") + "            norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters() if p.grad is not None))\n")),
+        # the mean of per-batch accuracies: a short last batch counts as much as a full one
+        "mean of batch accuracies": edit(("    correct = 0\n", "    correct = []\n"),
+                                         (CORRECT, '            correct.append((logits.argmax(-1) == batch["labels"]).sum().item() / len(batch["labels"]))\n'),
+                                         (ACCURACY, '    history["test_accuracy"] = float(np.mean(correct))\n')),
         # the learning rate recorded after the scheduler stepped: one step ahead
         "lrs one step ahead": edit(("            history[\"lrs\"].append(scheduler.get_last_lr()[0])\n", ""),
                                    ("            scheduler.step()\n", "            scheduler.step()\n            history[\"lrs\"].append(scheduler.get_last_lr()[0])\n")),
@@ -158,3 +184,53 @@ def gradient_check(model, batch):
 ''',
     },
 }
+
+
+# The diagnoses: (the solution's answer, {mutant name: a wrong answer}, another right answer).
+DIAGNOSES = {
+    "diagnose_collapse": ('{"learning rate", "no warm-up"}', {
+        "the warm-up forgotten": '{"learning rate"}',
+        "class imbalance (innocent)": '{"class imbalance"}',
+        "clipping added": '{"learning rate", "no warm-up", "clipping"}',
+        "the head's init": '{"head init"}',
+    }, '["learning rate", "no warm-up", "tokenizer"]'),
+    "diagnose_flat_loss": ('{"tokenizer"}', {
+        "the learning rate only": '{"learning rate"}',
+        "too few steps (innocent)": '{"too few steps"}',
+        "max_length added": '{"tokenizer", "max_length"}',
+        "a name, not a set": '"tokenizer"',
+    }, '{"tokenizer", "labels"}'),
+    "diagnose_pairs": ('{"labels"}', {
+        "class imbalance (innocent)": '{"class imbalance"}',
+        "the tokenizer only": '{"tokenizer"}',
+        "max_length added": '{"labels", "max_length"}',
+        "the leak": '{"test set leaks"}',
+    }, '("labels",)'),
+    "diagnose_gradients": ('{"gradients never cleared"}', {
+        "the learning rate only": '{"learning rate"}',
+        "clipping (innocent)": '{"clipping"}',
+        "clipping added": '{"gradients never cleared", "clipping"}',
+        "no warm-up": '{"no warm-up"}',
+    }, '{"gradients never cleared", "learning rate"}'),
+    "diagnose_padding": ('{"attention mask"}', {
+        "max_length (innocent)": '{"max_length"}',
+        "dropout added": '{"attention mask", "dropout at evaluation"}',
+        "dropout instead": '{"dropout at evaluation"}',
+        "the tokenizer": '{"tokenizer"}',
+    }, '["attention mask"]'),
+    "diagnose_evaluation": ('{"dropout at evaluation"}', {
+        "the mask instead": '{"attention mask"}',
+        "the leak added": '{"dropout at evaluation", "test set leaks"}',
+        "weight decay (innocent)": '{"weight decay"}',
+        "a name, not a set": '"dropout at evaluation"',
+    }, 'frozenset({"dropout at evaluation"})'),
+    "diagnose_test_set": ('{"test set leaks"}', {
+        "max_length (innocent)": '{"max_length"}',
+        "dropout added": '{"test set leaks", "dropout at evaluation"}',
+        "the labels": '{"labels"}',
+        "class imbalance (innocent)": '{"class imbalance"}',
+    }, '["test set leaks"]'),
+}
+for _gid, (_answer, _wrong, _right) in DIAGNOSES.items():
+    MUTANTS[_gid] = {name: edit((f"    return {_answer}", f"    return {w}")) for name, w in _wrong.items()}
+    ALTERNATIVES[_gid] = {"another form or a cause the symptom allows": edit((f"    return {_answer}", f"    return {_right}"))}
