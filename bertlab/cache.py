@@ -5,12 +5,6 @@ configuration trains a new model instead of reusing a stale one. Files are writt
 to a temporary name and renamed into place, so notebooks running in parallel or in
 any order never read half a file. The folder is ``$BERTLAB_CACHE`` if set, else
 ``.cache/`` in the course folder (git-ignored).
-
-``$BERTLAB_CACHE_BASE``, if set, is a read-only layer under it: an entry missing from the
-folder is read from there, and new entries go to the folder. Grading uses it: each
-submission's kernel writes to a private folder over the course's cache, which the sandbox
-binds read-only (bertlab.instructor.integrity), so a submission cannot change the models that
-later cells, submissions and notebooks load.
 """
 from __future__ import annotations
 
@@ -24,7 +18,6 @@ from typing import Callable
 import torch
 
 ENV_VAR = "BERTLAB_CACHE"
-BASE_ENV_VAR = "BERTLAB_CACHE_BASE"
 
 
 def cache_dir() -> Path:
@@ -44,19 +37,8 @@ def key(name: str, config: dict) -> str:
     return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
-def lookup(filename: str) -> Path:
-    """Where the entry ``filename`` is: in the cache folder, else in the read-only base layer
-    (``$BERTLAB_CACHE_BASE``) if it is there, else where it will be written (the cache folder)."""
-    own = cache_dir() / filename
-    base = os.environ.get(BASE_ENV_VAR)
-    if not own.exists() and base and (Path(base) / filename).exists():
-        return Path(base) / filename
-    return own
-
-
 def path_for(name: str, config: dict, suffix: str = ".safetensors") -> Path:
-    """The file of the entry ``name`` for ``config`` (:func:`lookup`)."""
-    return lookup(key(name, config) + suffix)
+    return cache_dir() / (key(name, config) + suffix)
 
 
 def save_state(state: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> Path:

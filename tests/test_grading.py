@@ -9,7 +9,6 @@ their expected scores are computed from the test cells' points.
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -140,12 +139,8 @@ def test_class_plan():
     names = ["00-welcome", "04-finetuning", "07-other"]
     plan = grading.class_plan(names, full=False)
     assert plan["04-finetuning"] == submissions.SCENARIOS
-    routes = tuple(s for r, v in submissions.ROUTES.items() if r != "package" for s in v)
-    assert plan["00-welcome"] == (submissions.SCENARIOS + submissions.HOSTILE_SCENARIOS + submissions.RESOURCE_SCENARIOS
-                                  + routes), "the hostile class on 00"
-    assert grading.class_plan(["00-welcome", "05-baselines"], full=False)["05-baselines"] == \
-        grading.CORE_SCENARIOS + submissions.ROUTES["package"] + (submissions.HONEST_LIBRARIES,), \
-        "the package's-copy students where the package holds an answer"
+    assert plan["00-welcome"] == submissions.SCENARIOS + submissions.HOSTILE_SCENARIOS + submissions.RESOURCE_SCENARIOS, \
+        "the hostile class on 00"
     assert set(grading.HOSTILE_NOTEBOOKS) <= set(submissions.WRONG), "a hostile notebook needs a WRONG answer"
     assert plan["07-other"] == grading.CORE_SCENARIOS
     assert set(grading.CORE_SCENARIOS) < set(submissions.SCENARIOS)
@@ -349,26 +344,7 @@ def klass(tmp_path_factory, pytestconfig):
         with capture.global_and_fixture_disabled():
             print(f"\n[class] {msg}", flush=True)
 
-    # the course's model cache for the class: links to the files of the one in use (a cache others write to
-    # meanwhile must not change what the class hashes), with the canaries the cache students go for
-    from bertlab import cache
-
-    shared, own = cache.cache_dir(), tmp_path_factory.mktemp("class-cache")
-    for f in shared.iterdir():
-        if f.is_file():
-            try:
-                os.link(f, own / f.name)
-            except OSError:
-                shutil.copy2(f, own / f.name)
-    old = os.environ.get(cache.ENV_VAR)
-    os.environ[cache.ENV_VAR] = str(own)
-    try:
-        return grading.run_class(tmp_path_factory.mktemp("class"), NAMES, scenarios=PLAN, log=log)
-    finally:
-        if old is None:
-            os.environ.pop(cache.ENV_VAR)
-        else:
-            os.environ[cache.ENV_VAR] = old
+    return grading.run_class(tmp_path_factory.mktemp("class"), NAMES, scenarios=PLAN, log=log)
 
 
 @pytest.mark.slow
@@ -555,11 +531,8 @@ def test_scan_finds_every_trick_and_nothing_in_honest_work():
     name = "00-welcome"
     sol, rel = _solution(name), nbformat.read(course.ROOT / "notebooks" / name / f"{name}.ipynb", as_version=4)
     ins = integrity.instructor_sources(sol) | integrity.instructor_sources(rel)
-    package = submissions.ROUTES["package"] + (submissions.HONEST_LIBRARIES,)
-    for s in submissions.fabricate(name, sol, rel, [s for s in submissions.ALL_SCENARIOS if s not in package]):
+    for s in submissions.fabricate(name, sol, rel, submissions.ALL_SCENARIOS):
         found = integrity.scan(s.nb, ins)
-        if s.student in submissions.ROUTE_SCENARIOS:
-            continue  # written past the scan, mostly: the guard, the pruning and the sandbox stop them
         if s.student in submissions.HOSTILE_SCENARIOS:
             assert found, f"{s.student}: the scan found nothing"
         elif s.student in submissions.RESOURCE_SCENARIOS:
@@ -641,9 +614,9 @@ def test_guarded_execute_resets_the_kernel_and_checks_markers(tmp_path):
     assert _errors(t4) == [], "the trace function was turned off before the test"
     assert _errors(t1) == ["AssertionError"], "the reset removed the transformer: the wrong answer fails"
     assert _errors(t2) == [], "builtins were restored before the test"
-    assert _errors(t3) == [integrity.ENAME], "a test cell rewritten to `pass` is not the code compiled at kernel start"
-    assert "its code was changed before it ran" in t3.outputs[0]["evalue"]
-    assert not any("bertlab-guard-" in json.dumps(c.outputs) + c.source for c in nb.cells), "the guard's lines are removed"
+    assert _errors(t3) == [integrity.ENAME], "a test cell rewritten to `pass` has no marker"
+    assert "did not run to its end" in t3.outputs[0]["evalue"]
+    assert not any("bertlab-graded-" in json.dumps(c.outputs) for c in nb.cells), "the marker is removed"
     assert t2.source == "assert AssertionError.__name__ == 'AssertionError'", "the test's source is restored"
 
     honest = _guarded_run(tmp_path / "honest", [nbformat.v4.new_code_cell("def f(x):\n    return x"),
@@ -930,7 +903,7 @@ def test_honest_students_are_never_flagged_and_the_sandbox_is_logged(klass):
     from bertlab.instructor import sandbox
 
     for s in klass.submissions:
-        if s.student in submissions.HOSTILE_SCENARIOS + submissions.ROUTE_SCENARIOS:
+        if s.student in submissions.HOSTILE_SCENARIOS:
             continue
         nb = nbformat.read(klass.autograded(s.student, s.assignment), as_version=4)
         assert not _flags(nb), f"{s.assignment}/{s.student} (honest) was flagged: {_flags(nb)}"
@@ -980,50 +953,3 @@ def test_the_sandbox_stops_the_attacks_on_the_machine(klass, name, student):
     elif sandbox.mechanism() != "none":
         want = {"hostile-memory": ("MemoryError", ""), "hostile-disk": ("OSError", "File too large")}[student]
         assert any(want[0] in (n or "") and want[1] in (v or "") for n, v in errors), f"{student}: {errors}"
-
-
-# --------------------------------------------------------------------------- slow: the five routes (issue 37)
-ROUTE = [(a, s) for a, s in PAIRS if s in submissions.ROUTE_SCENARIOS]
-
-
-def _log(klass, name):
-    return ANSI.sub("", klass.logs[f"autograde {name}"])
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name,student", ROUTE, ids=[f"{a}/{s}" for a, s in ROUTE])
-def test_route_students_get_zero_and_what_stopped_them(klass, name, student):
-    """0 for the exercise each attacks (test_exact_score checks every cell), and the evidence of what
-    closed its route: the guard's flag, the grading log, the folder, the cache."""
-    assert klass.scores[(student, name)] == student_expected(klass, student, name)
-    nb = nbformat.read(klass.autograded(student, name), as_version=4)
-    text = json.dumps([c.get("outputs", []) for c in nb.cells])
-    log = _log(klass, name)
-    route = next(r for r, v in submissions.ROUTES.items() if student in v)
-    if route == "package":
-        assert _flags(nb) and "the package's copy" in text, f"{student}: no flag naming the package's copy"
-        assert f"Integrity: {student}: test cell" in log
-    elif route == "beside":
-        sub = klass.submission(student, name)
-        assert sub.files and all(not (klass.autograded(student, name).parent / f).exists() for f in sub.files)
-        first = re.escape(sorted(sub.files)[0].split("/")[0])
-        assert re.search(rf"Integrity: {student}: removed before grading .*: {first}", log), log[-2000:]
-    elif student == "guard-transformer":
-        assert _flags(nb) and "its code was changed before it ran" in text
-    elif student in ("guard-gc", "guard-trace"):
-        assert "not allowed while grading" in text, f"{student}: the guard did not refuse it"
-    elif route == "cache":
-        assert "read-only" in text, f"{student}: the write into the course's cache was not refused: {text[-1500:]}"
-
-
-def student_expected(klass, student, name):
-    return klass.submission(student, name).expected
-
-
-@pytest.mark.slow
-def test_the_class_leaves_the_cache_and_the_package_unchanged(klass):
-    """Hashes of the model cache's files (those there before the class, and the canaries the cache
-    students go for) and of the installed package's modules, before and after the class."""
-    if any(s in PLAN.get(n, ()) for n in NAMES for s in submissions.ROUTES["cache"]):
-        assert klass.cache_changed == [], f"the class changed the course's model cache: {klass.cache_changed}"
-    assert klass.package_changed == [], f"the class changed the installed package: {klass.package_changed}"

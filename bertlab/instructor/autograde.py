@@ -89,8 +89,6 @@ class ClassRun:
     sandbox: str = ""  # sandbox.status_line(): how the submissions were isolated (first line of the reports)
     # grading workers (threads) record into one run: two shards of one assignment add to the same keys
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-    cache_changed: list[str] = field(default_factory=list)  # files of the model cache the class changed (none)
-    package_changed: list[str] = field(default_factory=list)  # files of the bertlab package it changed (none)
 
     def submission(self, student: str, assignment: str) -> Submission:
         return next(s for s in self.submissions if s.student == student and s.assignment == assignment)

@@ -48,12 +48,8 @@ from bertlab.instructor.autograde import (
 from bertlab.instructor.feedback import check_feedback
 from bertlab.instructor.submissions import (
     ALL_SCENARIOS,
-    CANARY,
-    HONEST_LIBRARIES,
     HOSTILE_SCENARIOS,
-    PACKAGE_ANSWERS,
     RESOURCE_SCENARIOS,
-    ROUTES,
     SCENARIOS,
     WRONG,
     Submission,
@@ -106,9 +102,6 @@ def write_submissions(course_dir: Path, subs: list[Submission]) -> None:
         folder = Path(course_dir) / "submitted" / s.student / s.assignment
         folder.mkdir(parents=True, exist_ok=True)
         nbformat.write(s.nb, folder / f"{s.assignment}.ipynb")
-        for rel, text in s.files.items():
-            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-            (folder / rel).write_text(text)
 
 
 def read(path: Path):
@@ -154,11 +147,6 @@ def run_class(course_dir: Path, names: list[str] | None = None, scenarios=SCENAR
     names = make_course(course_dir, names, timeout, limits=limits)
     contained = dict(network_cut=sandbox.cuts_network(sandbox.Sandbox()), limited=sandbox.mechanism() != "none",
                      processes_bounded=sandbox.processes_bounded())
-    from bertlab import cache
-
-    canaries = [cache.save_state({"weight": torch_ones(4)}, cache.cache_dir() / f"{CANARY.format(assignment=n)}model.safetensors")
-                for n in names if set(plan[n]) & set(ROUTES["cache"])]
-    before = (file_hashes(cache.cache_dir()), file_hashes(Path(bertlab_dir()), "**/*.py"))
     with attacks.Accomplice(_answers(course_dir, names, plan)) as accomplice:
         subs = []
         for name in names:
@@ -174,15 +162,6 @@ def run_class(course_dir: Path, names: list[str] | None = None, scenarios=SCENAR
         run.grade_seconds = time.time() - start
     run.accomplice_calls = accomplice.calls
     write_feedback_index(course_dir, run.sandbox)
-    after = (file_hashes(cache.cache_dir()), file_hashes(Path(bertlab_dir()), "**/*.py"))
-    # the files there before the class (others may add entries to a shared cache meanwhile)
-    run.cache_changed = sorted(k for k in before[0] if after[0].get(k) != before[0][k]) + \
-        sorted(k for k in after[0] if k.startswith("canary-") and k not in before[0])
-    run.package_changed = sorted(k for k in set(before[1]) | set(after[1]) if before[1].get(k) != after[1].get(k))
-    for path in canaries:
-        path.unlink(missing_ok=True)
-        for extra in path.parent.glob(path.name + "*"):
-            extra.unlink(missing_ok=True)
     proc = nbgrader(course_dir, "export")
     run.logs["export"] = proc.stdout + proc.stderr
     with open(course_dir / "grades.csv") as fh:
@@ -190,34 +169,6 @@ def run_class(course_dir: Path, names: list[str] | None = None, scenarios=SCENAR
             run.exported[(row["student_id"], row["assignment"])] = float(row["score"])
     run.scores = gradebook_scores(course_dir)
     return run
-
-
-def torch_ones(n: int):
-    import torch
-
-    return torch.ones(n)
-
-
-def bertlab_dir() -> Path:
-    """The installed bertlab package's folder."""
-    import bertlab
-
-    return Path(bertlab.__file__).parent
-
-
-def file_hashes(folder: Path, pattern: str = "**/*") -> dict[str, str]:
-    """sha256 of every file under ``folder`` matching ``pattern``: {relative path: hex}."""
-    import hashlib
-
-    out = {}
-    for p in sorted(Path(folder).glob(pattern)):
-        if p.is_file() and not p.is_symlink() and "__pycache__" not in p.parts:
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            out[p.relative_to(folder).as_posix()] = h.hexdigest()
-    return out
 
 
 def _answers(course_dir: Path, names: list[str], plan: dict[str, tuple[str, ...]]) -> dict:
@@ -275,10 +226,7 @@ def class_plan(names: list[str], full: bool | None = None) -> dict[str, tuple[st
             for n in names}
     for n in names:
         if n in WRONG and (full or n in HOSTILE_NOTEBOOKS or len(names) == 1):
-            plan[n] = plan[n] + HOSTILE_SCENARIOS + RESOURCE_SCENARIOS + \
-                tuple(s for route, students in ROUTES.items() if route != "package" for s in students)
-        if n in PACKAGE_ANSWERS:  # the route that needs a notebook whose answer the package holds
-            plan[n] = plan[n] + ROUTES["package"] + (HONEST_LIBRARIES,)
+            plan[n] = plan[n] + HOSTILE_SCENARIOS + RESOURCE_SCENARIOS
     return plan
 
 

@@ -293,10 +293,11 @@ def wrap(cmd: list[str], cwd: str | os.PathLike | None, config=None, settings: S
         path = cmd[i + 1] if arg == "-f" and i + 1 < len(cmd) else arg[3:] if arg.startswith("-f=") else None
         if path and Path(path).is_file():
             out += ["--ro-bind", path, path]
-    # the course's model cache, read-only: the kernel writes what it trains to a private folder over
-    # it ($BERTLAB_CACHE over $BERTLAB_CACHE_BASE, set by integrity.GuardedExecute; bertlab.cache)
+    # the course's model cache stays writable: in grading mode the notebooks build their reduced
+    # models there once and every later submission loads them (not covered: a submission can
+    # overwrite an entry, which changes later submissions' lesson cells, not their tests' answers)
     model_cache = cache.cache_dir()
-    out += ["--ro-bind", str(model_cache), str(model_cache)]
+    out += ["--bind", str(model_cache), str(model_cache)]
     if sockets:  # the kernel's end of its Unix sockets to nbgrader (under the private /tmp)
         out += ["--bind", str(sockets), str(sockets)]
     if cwd:

@@ -42,10 +42,12 @@ hostile-write      a correct answer, but writes a file next to the gradebook (ou
                    folder)
 =================  ==========================================================================
 
-Every hostile student must get 0 for the exercise it cheats on and a flag (a ``GradingIntegrityError``
-output) in that test cell; no honest student is ever flagged. :mod:`bertlab.instructor.attacks` has the
-students who go for the machine (:data:`RESOURCE_SCENARIOS`: network, memory, disk, processes; 0 for
-the last exercise) and those of the routes of issue 37 (``ROUTES``).
+Every hostile student must get 0 for the exercise it cheats on and a flag (a
+``GradingIntegrityError`` output) in that test cell; no honest student is ever flagged.
+
+The students who go for the machine instead (the network, memory, disk, processes), written past the scan
+so that only the sandbox stops them, are in :mod:`bertlab.instructor.attacks`
+(:data:`RESOURCE_SCENARIOS`): 0 for the last exercise, the others graded.
 
 Expected scores come from the test cells' points in the solution notebook: a test cell
 earns its points when every exercise up to and including its own is correct, else 0 (tests
@@ -55,24 +57,17 @@ broken exercise is always the last one: everything before it must still get full
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bertlab.instructor import attacks
-from bertlab.instructor.attacks import (  # noqa: F401  (the route students' names, as grading and the tests use them)
-    CANARY,
-    HONEST_LIBRARIES,
-    PACKAGE_ANSWERS,
-    RESOURCE_SCENARIOS,
-    ROUTE_SCENARIOS,
-    ROUTES,
-)
+from bertlab.instructor.attacks import RESOURCE_SCENARIOS
 
 SCENARIOS = ("perfect", "blank", "partial", "syntax-error", "exception", "infinite-loop",
              "deleted-test", "edited-test", "stderr-warnings", "out-of-order")
 
 HOSTILE_SCENARIOS = ("hostile-helpers", "hostile-transformer", "hostile-builtins", "hostile-equal",
                      "hostile-answer-key", "hostile-write")
-ALL_SCENARIOS = SCENARIOS + HOSTILE_SCENARIOS + RESOURCE_SCENARIOS + ROUTE_SCENARIOS + (HONEST_LIBRARIES,)
+ALL_SCENARIOS = SCENARIOS + HOSTILE_SCENARIOS + RESOURCE_SCENARIOS
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"
@@ -93,7 +88,8 @@ VISIBLE_ONLY: dict[str, dict[str, str]] = {
     },
 }
 
-#: A wrong answer (the body of the solution region) per assignment and exercise, handed in by the hostile students.
+#: A wrong answer (the body of the solution region) per assignment and exercise, handed in by the
+#: hostile students together with their trick.
 WRONG: dict[str, dict[str, str]] = {
     "00-welcome": {"mean_pool": "return torch.zeros(last_hidden_state.shape[0], last_hidden_state.shape[-1])"},
 }
@@ -276,7 +272,6 @@ class Submission:
     nb: object  # nbformat.NotebookNode
     expected: dict[str, float]  # points per test cell grade_id
     note: str = ""
-    files: dict[str, str] = field(default_factory=dict)  # handed in beside the notebook: relative path -> text
 
     @property
     def expected_total(self) -> float:
@@ -382,24 +377,6 @@ def fabricate(assignment: str, solution_nb, released_nb, scenarios=SCENARIOS, po
             edit[ex[last]] += "\n\n" + TRICKS[s].format(exercise=ex[last], assignment=assignment)
             nb, exp = build(edit), lay.score(broken_last)
             note = "hostile: 0 and flagged"
-        elif s in ROUTES["package"] or s == HONEST_LIBRARIES:  # 0 for the exercise the package also holds
-            name = attacks.package_exercise(assignment)
-            edit = solved(all_ids)
-            edit[name] = attacks.package_answer(s, assignment, edit[name])
-            nb, exp = build(edit), lay.score(full)
-            if s != HONEST_LIBRARIES:
-                exp.update({t.grade_id: 0.0 for t in lay.tests if t.exercise == ex.index(name)})
-            note = "honest: libraries imported" if s == HONEST_LIBRARIES else "the package's copy: 0 for that exercise"
-        elif s in ROUTE_SCENARIOS:
-            wrong = WRONG[assignment][ex[last]]  # KeyError: register a WRONG answer for the notebook
-            edit = solved(all_ids)
-            edit[ex[last]] = fill(sol[ex[last]].source, lambda body, indent: _indented(wrong, indent))
-            trick = attacks.ROUTE_TRICKS[s].format(exercise=ex[last], canary=CANARY.format(assignment=assignment))
-            edit[ex[last]] += "\n\n" + trick if trick else ""
-            nb, exp = build(edit), lay.score(broken_last)
-            note = "hostile (issue 37): 0 for the exercise"
-            subs.append(Submission(s, assignment, nb, exp, note, files=dict(attacks.BESIDE_FILES.get(s, {}))))
-            continue
         elif s in RESOURCE_SCENARIOS:
             edit = solved(all_ids)
             code = attacks.trick(s, ex[last], limits or attacks.CLASS_LIMITS, port)
