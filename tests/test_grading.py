@@ -852,10 +852,12 @@ def test_the_sandbox_tests_pass_with_bubblewrap_hidden(tmp_path):
     env = dict(os.environ, PATH=str(bin_dir))
     env.pop("BERTLAB_ALLOW_UNSANDBOXED", None)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
-                           "-k", "sandbox and not bubblewrap_hidden or refuses"],
+                           # the sandbox's own tests, not those reading the simulated class (it would be graded again)
+                           "-k", "sandbox_hides or sandbox_with or sandbox_says or sandbox_keeps or sandbox_bounds "
+                                 "or sandbox_decisions or refuses or sandboxed_kernel"],
                           cwd=course.ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert re.search(r"\b(9|[1-9]\d+) passed", proc.stdout), proc.stdout[-2000:]
+    assert re.search(r"\b9 passed", proc.stdout), proc.stdout[-2000:]
     assert shutil.which("bwrap", path=str(bin_dir)) is None
 
 
